@@ -1,0 +1,85 @@
+"""Exceptions raised by gl_retrieval.
+
+Every error the library raises on purpose derives from :class:`GLRetrievalError`, so an app can
+catch one type. The CLI maps it to one line on stderr and a non-zero exit code.
+
+Tree::
+
+    GLRetrievalError
+    ├── ConfigError              a config file or value is invalid (names file, key path, expectation)
+    ├── MissingDependencyError   an optional package is not installed (names the extra to install)
+    ├── ModelLoadError           a model could not be loaded (not cached, hub unreachable, bad path)
+    ├── IndexMismatchError       the persisted index was built by a different embedder / chunking
+    ├── IndexNotFoundError       no index at the configured storage location yet
+    ├── SourceError              a configured source cannot be read at all
+    ├── FilterError              a metadata filter is malformed (unknown operator, type mismatch)
+    ├── EmbeddingError           the embedder returned something unusable (wrong count or dimension)
+    │   └── OllamaError          the Ollama server failed (down, model missing, timeout, 5xx)
+    ├── StorageError             the storage backend failed (connection, credentials, extension)
+    └── LLMNotConfiguredError    `ask` was called without an `llm` section
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EmbeddingError",
+    "FilterError",
+    "GLRetrievalError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "LLMNotConfiguredError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "OllamaError",
+    "SourceError",
+    "StorageError",
+]
+
+
+class GLRetrievalError(Exception):
+    """Base class of every error gl_retrieval raises on purpose."""
+
+
+class ConfigError(GLRetrievalError, ValueError):
+    """A config file or value is invalid."""
+
+
+class MissingDependencyError(GLRetrievalError, ImportError):
+    """An optional dependency is not installed."""
+
+
+class ModelLoadError(GLRetrievalError):
+    """A model could not be loaded (not in the cache, hub unreachable, bad local path)."""
+
+
+class IndexMismatchError(GLRetrievalError):
+    """The persisted index was built with a different embedder or chunking than the config asks for."""
+
+
+class IndexNotFoundError(GLRetrievalError):
+    """No index exists at the configured storage location."""
+
+
+class SourceError(GLRetrievalError):
+    """A configured source cannot be read at all."""
+
+
+class FilterError(GLRetrievalError, ValueError):
+    """A metadata filter is malformed: unknown operator, unknown syntax or a type mismatch."""
+
+
+class EmbeddingError(GLRetrievalError):
+    """The embedder returned an unusable result (wrong number of vectors, wrong dimension)."""
+
+
+class OllamaError(EmbeddingError):
+    """The Ollama server failed: down, model missing, timed out, or kept answering 5xx."""
+
+
+class StorageError(GLRetrievalError):
+    """The storage backend failed: connection refused, bad credentials, missing extension."""
+
+
+class LLMNotConfiguredError(GLRetrievalError):
+    """An answer was asked for, but the config has no `llm` section."""
