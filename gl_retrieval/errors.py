@@ -6,7 +6,7 @@ catch one type. The CLI maps it to one line on stderr and a non-zero exit code.
 Tree::
 
     GLRetrievalError
-    ├── ConfigError              a config file or value is invalid (names file, key path, expectation)
+    ├── ConfigError              a config file or value is invalid (names file, key, expectation)
     ├── MissingDependencyError   an optional package is not installed (names the extra to install)
     ├── ModelLoadError           a model could not be loaded (not cached, hub unreachable, bad path)
     ├── IndexMismatchError       the persisted index was built by a different embedder / chunking
@@ -54,7 +54,7 @@ class ModelLoadError(GLRetrievalError):
 
 
 class IndexMismatchError(GLRetrievalError):
-    """The persisted index was built with a different embedder or chunking than the config asks for."""
+    """The persisted index was built with another embedder or chunking than the config asks."""
 
 
 class IndexNotFoundError(GLRetrievalError):

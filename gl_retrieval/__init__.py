@@ -1,0 +1,76 @@
+"""gl_retrieval: LlamaIndex retrieval pipelines from one typed config.
+
+``import gl_retrieval`` is light: torch, sentence-transformers and the LlamaIndex integrations
+load inside the builders that need them, on first use.
+
+Example:
+    >>> from gl_retrieval import RetrievalPipeline
+    >>> pipe = RetrievalPipeline.from_config("examples/configs/demo.yaml")  # doctest: +SKIP
+    >>> pipe.index()                                                         # doctest: +SKIP
+    >>> pipe.retrieve("what does a cross-encoder do?")[0].doc_id             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gl_retrieval.config import PipelineConfig, load_config
+from gl_retrieval.errors import (
+    ConfigError,
+    EmbeddingError,
+    FilterError,
+    GLRetrievalError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    LLMNotConfiguredError,
+    MissingDependencyError,
+    ModelLoadError,
+    OllamaError,
+    SourceError,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    from gl_retrieval.ingest import IndexSummary
+    from gl_retrieval.pipeline import RetrievalPipeline
+    from gl_retrieval.results import RankedNode
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "EmbeddingError",
+    "FilterError",
+    "GLRetrievalError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
+    "IndexSummary",
+    "LLMNotConfiguredError",
+    "MissingDependencyError",
+    "ModelLoadError",
+    "OllamaError",
+    "PipelineConfig",
+    "RankedNode",
+    "RetrievalPipeline",
+    "SourceError",
+    "StorageError",
+    "__version__",
+    "load_config",
+]
+
+_LAZY = {
+    "RetrievalPipeline": "gl_retrieval.pipeline",
+    "IndexSummary": "gl_retrieval.ingest",
+    "RankedNode": "gl_retrieval.results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The pipeline pulls in llama-index-core; keep `import gl_retrieval` cheap until it is used.
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gl_retrieval' has no attribute {name!r}")

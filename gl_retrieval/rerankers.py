@@ -1,0 +1,173 @@
+"""Cross-encoder second stage: reorder the retrieved candidates, keep the top n.
+
+A thin LlamaIndex postprocessor over sentence-transformers' ``CrossEncoder`` rather than
+``SentenceTransformerRerank`` from llama-index-postprocessor-sbert-rerank, because that one
+overwrites ``node.score`` in place (losing the retrieval score, and mutating the caller's
+objects) and loads its model in ``__init__``. This one returns new :class:`RankedNode` objects.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+from gl_retrieval._deps import require
+from gl_retrieval.config import RerankerConfig
+from gl_retrieval.devices import resolve_device
+from gl_retrieval.errors import ModelLoadError
+from gl_retrieval.models import model_load_error, resolve_model_path
+from gl_retrieval.results import RankedNode
+
+__all__ = ["CrossEncoderReranker", "Scorer", "build_reranker"]
+
+#: ``(query, passages) -> scores``: what a reranker needs from a model (tests inject fakes).
+Scorer = Callable[[str, Sequence[str]], Sequence[float]]
+
+
+class CrossEncoderReranker(BaseNodePostprocessor):
+    """Rerank nodes with a cross-encoder; keeps retrieval and rerank scores.
+
+    Example:
+        >>> rr = CrossEncoderReranker(model="BAAI/bge-reranker-base", top_n=5)
+        >>> top = rr.postprocess_nodes(hits, query_str="what is BM25?")  # doctest: +SKIP
+    """
+
+    model: str = Field(description="Hub id or local path of a cross-encoder.")
+    top_n: int = Field(default=5, gt=0)
+    device: str = "auto"
+    batch_size: int = Field(default=32, gt=0)
+    max_length: int | None = 512
+    revision: str | None = None
+
+    _scorer: Scorer | None = PrivateAttr(default=None)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, *, scorer: Scorer | None = None, **data: Any) -> None:
+        super().__init__(**data)
+        self._scorer = scorer
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "GLCrossEncoderReranker"
+
+    @property
+    def scorer(self) -> Scorer:
+        """The scoring function (loads the model on first access)."""
+        if self._scorer is None:
+            with self._lock:
+                if self._scorer is None:
+                    self._scorer = _shared_scorer(
+                        self.model,
+                        device=self.device,
+                        batch_size=self.batch_size,
+                        max_length=self.max_length,
+                        revision=self.revision,
+                    )
+        return self._scorer
+
+    def warmup(self) -> None:
+        """Load the model and score one pair."""
+        self.scorer("warmup", ["warmup"])
+
+    def rerank(
+        self, nodes: Sequence[NodeWithScore], query: str, *, top_n: int | None = None
+    ) -> list[RankedNode]:
+        """Score ``nodes`` against ``query``; return new nodes, best first, cut to ``top_n``.
+
+        Args:
+            nodes: Retrieved candidates (not modified).
+            query: The query text.
+            top_n: How many to keep; default: the configured ``top_n``.
+        """
+        if not nodes:
+            return []
+        passages = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+        scores = [float(s) for s in self.scorer(query, passages)]
+        if len(scores) != len(nodes):
+            raise ModelLoadError(f"reranker returned {len(scores)} scores for {len(nodes)} nodes")
+        ranked = [
+            RankedNode(
+                node=n.node,
+                score=s,
+                retrieval_score=n.retrieval_score if isinstance(n, RankedNode) else n.score,
+                rerank_score=s,
+            )
+            for n, s in zip(nodes, scores, strict=True)
+        ]
+        # Stable sort: equal rerank scores keep their retrieval order.
+        ranked.sort(key=lambda r: -(r.rerank_score or 0.0))
+        return ranked[: self.top_n if top_n is None else top_n]
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        if query_bundle is None:
+            raise ValueError("a reranker needs the query: pass query_bundle or query_str")
+        return list(self.rerank(nodes, query_bundle.query_str))
+
+
+_scorers: dict[tuple[Any, ...], Scorer] = {}
+_scorers_lock = threading.Lock()
+
+
+def _shared_scorer(
+    model: str, *, device: str, batch_size: int, max_length: int | None, revision: str | None
+) -> Scorer:
+    """Load a CrossEncoder once per process and settings; every reranker using it shares it."""
+    key = (model, device, batch_size, max_length, revision)
+    with _scorers_lock:
+        if key not in _scorers:
+            _scorers[key] = _load_cross_encoder(
+                model,
+                device=device,
+                batch_size=batch_size,
+                max_length=max_length,
+                revision=revision,
+            )
+        return _scorers[key]
+
+
+def _load_cross_encoder(
+    model: str, *, device: str, batch_size: int, max_length: int | None, revision: str | None
+) -> Scorer:
+    st = require("sentence_transformers", package="sentence-transformers")
+    dev = resolve_device(device)
+    try:
+        ce = st.CrossEncoder(
+            resolve_model_path(model),
+            device=dev,
+            max_length=max_length,
+            revision=revision,
+            trust_remote_code=False,
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise model_load_error(model, e, role="reranker") from e
+    num_labels = getattr(ce.config, "num_labels", 1)
+    if num_labels != 1:
+        raise ModelLoadError(
+            f"reranker model {model!r} has {num_labels} output labels; a cross-encoder "
+            "reranker needs exactly 1 (a relevance score)"
+        )
+    if dev == "cuda":
+        ce.model.half()
+
+    def score(query: str, passages: Sequence[str]) -> Sequence[float]:
+        pairs = [(query, p) for p in passages]
+        return ce.predict(pairs, batch_size=batch_size, show_progress_bar=False)
+
+    return score
+
+
+def build_reranker(cfg: RerankerConfig, *, scorer: Scorer | None = None) -> CrossEncoderReranker:
+    """A reranker for ``cfg``: cheap to build; the model loads once per process on first use.
+
+    Args:
+        cfg: The ``reranker`` config section.
+        scorer: Replace the cross-encoder with any ``(query, passages) -> scores`` function.
+    """
+    return CrossEncoderReranker(scorer=scorer, **cfg.model_dump())

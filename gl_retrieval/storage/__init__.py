@@ -1,0 +1,30 @@
+"""Storage backends: where a persisted index lives, with its manifest.
+
+``open_storage(config.storage)`` picks the backend from the config's closed set.
+"""
+
+from __future__ import annotations
+
+from gl_retrieval.config import EmbeddedStorageConfig, PostgresStorageConfig
+from gl_retrieval.storage.base import DocRecord, IndexHandle, Storage
+from gl_retrieval.storage.local import LocalStorage
+from gl_retrieval.storage.manifest import Manifest, check_compatible
+
+__all__ = [
+    "DocRecord",
+    "IndexHandle",
+    "LocalStorage",
+    "Manifest",
+    "Storage",
+    "check_compatible",
+    "open_storage",
+]
+
+
+def open_storage(cfg: EmbeddedStorageConfig | PostgresStorageConfig) -> Storage:
+    """Return the backend for a storage config (cheap: nothing is loaded or connected yet)."""
+    if isinstance(cfg, EmbeddedStorageConfig):
+        return LocalStorage(cfg.persist_dir)
+    from gl_retrieval.storage.postgres import PostgresStorage
+
+    return PostgresStorage(cfg)
