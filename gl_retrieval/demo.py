@@ -43,11 +43,11 @@ def run_demo(*, persist_dir: Path, show_progress: bool = False, top_n: int = 3) 
     hits_at_1 = 0
     for q in queries:
         results = pipe.retrieve(q["query"], top_n=top_n)
-        hits_at_1 += bool(results) and results[0].doc_id == q.get("expected")
+        hits_at_1 += bool(results) and results[0].doc_id == q.get("expected_id")
         out.append(
             {
                 "query": q["query"],
-                "expected": q.get("expected"),
+                "expected": q.get("expected_id"),
                 "results": [r.to_dict() for r in results],
             }
         )
