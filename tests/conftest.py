@@ -1,4 +1,4 @@
-"""Shared fixtures: the packaged MiniLM (loaded once), a tiny cross-encoder, the Settings tripwire."""
+"""Shared fixtures: packaged MiniLM (loaded once), a tiny cross-encoder, the Settings tripwire."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: Pa
 
     out = tmp_path_factory.mktemp("tiny-cross-encoder")
     torch.manual_seed(0)
-    vocab = sum(1 for _ in open(minilm_path / "vocab.txt", encoding="utf-8"))
+    vocab = len((minilm_path / "vocab.txt").read_text(encoding="utf-8").splitlines())
     cfg = BertConfig(
         vocab_size=vocab,
         hidden_size=32,
