@@ -186,8 +186,7 @@ def translate_ollama_error(
         if exc.status_code == 404:
             return missing_model_error(model=model, base_url=base_url)
         return OllamaError(
-            f"Ollama at {base_url} failed for model {model!r}: {exc.error} "
-            f"(HTTP {exc.status_code})"
+            f"Ollama at {base_url} failed for model {model!r}: {exc.error} (HTTP {exc.status_code})"
         )
     if isinstance(exc, httpx.TimeoutException):
         return timeout_error(

@@ -195,6 +195,12 @@ class OllamaEmbedder(GLEmbedding):
             special = _ASSUMED_SPECIAL_TOKENS if self.tokenizer is None else self._specials()
         return self.context_length - special
 
+    def close(self) -> None:
+        """Close the HTTP connection pool (a later request opens a new one)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
     # -- GLEmbedding contract ----------------------------------------------------------------
 
     def warmup(self) -> None:
@@ -406,12 +412,10 @@ class OllamaEmbedder(GLEmbedding):
                 if counts is None
                 else _over_by(counts[k], self.max_tokens, self.context_length)
             )
-            details.append(f"input #{offset + i} {_snippet(batch[i])} ({size})")
+            details.append(f"input #{offset + i} {self._snippet(batch[i])} ({size})")
         more = f" and {len(culprits) - 5} more" if len(culprits) > 5 else ""
         hint = (
-            ""
-            if counts is not None
-            else "; set embedder.tokenizer to count tokens before sending"
+            "" if counts is not None else "; set embedder.tokenizer to count tokens before sending"
         )
         return EmbeddingError(
             f"Ollama at {self.base_url} refused {len(culprits)} input(s) longer than the "
@@ -428,17 +432,26 @@ class OllamaEmbedder(GLEmbedding):
         if not bad:
             return
         details = [
-            f"{labels[i]} {_snippet(texts[i])} "
+            f"{labels[i]} {self._snippet(texts[i])} "
             f"({_over_by(counts[i], limit, self.context_length)})"
             for i in bad[:5]
         ]
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise EmbeddingError(
-            f"{len(bad)} input(s) do not fit model {self.model_name!r}'s context "
+            f"{len(bad)} input(s) do not fit the context of model {self.model_name!r} "
             f"(num_ctx={self.context_length} tokens, prefix and special tokens included): "
             f"{'; '.join(details)}{more}. Split them into smaller chunks or raise "
             "embedder.num_ctx if the model supports it"
         )
+
+    def _snippet(self, text: str) -> str:
+        """The start of an input as the caller wrote it (prefix removed), quoted."""
+        for prefix in (self.document_prefix, self.query_prefix):
+            if prefix and text.startswith(prefix):
+                text = text[len(prefix) :]
+                break
+        flat = " ".join(text.split())
+        return repr(flat[:_SNIPPET_CHARS] + ("…" if len(flat) > _SNIPPET_CHARS else ""))
 
     # -- tokenizer -----------------------------------------------------------------------------
 
@@ -471,11 +484,6 @@ class OllamaEmbedder(GLEmbedding):
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ConfigError(f"embedder.{name} must be > 0, but got {value!r}")
-
-
-def _snippet(text: str) -> str:
-    flat = " ".join(text.split())
-    return repr(flat[:_SNIPPET_CHARS] + ("…" if len(flat) > _SNIPPET_CHARS else ""))
 
 
 def _over_by(tokens: int, limit: int, num_ctx: int) -> str:
