@@ -13,15 +13,12 @@ import os
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import import_module
-from types import ModuleType
 
-from gl_retrieval.errors import ConfigError, MissingDependencyError, OllamaError
+from gl_retrieval.errors import ConfigError, OllamaError
 
 __all__ = [
     "DEFAULT_OLLAMA_URL",
     "connection_refused_error",
-    "import_optional",
     "is_context_length_error",
     "missing_model_error",
     "ollama_errors",
@@ -34,28 +31,6 @@ DEFAULT_OLLAMA_URL = "http://localhost:11434"
 _DEFAULT_PORT = 11434
 # Addresses a server binds to mean "every interface"; a client reaches them on loopback.
 _BIND_ALL = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}
-
-
-def import_optional(module: str, *, extra: str) -> ModuleType:
-    """Import an optional dependency, or raise :class:`MissingDependencyError` naming the extra.
-
-    Args:
-        module: Dotted module name, e.g. ``"llama_index.llms.ollama"``.
-        extra: The ``gl-retrieval`` extra that installs it, e.g. ``"ollama"``.
-
-    Returns:
-        The imported module.
-
-    Raises:
-        MissingDependencyError: The module (or one of its imports) is not installed.
-    """
-    try:
-        return import_module(module)
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"{module} is needed for this feature but could not be imported ({e}): "
-            f"pip install 'gl-retrieval[{extra}]'"
-        ) from e
 
 
 def resolve_base_url(base_url: str | None, *, setting: str = "base_url") -> str:

@@ -155,6 +155,26 @@ def query(
 
 @app.command()
 @handle_errors
+def ask(
+    config: ConfigArg,
+    question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
+    top_n: Annotated[int | None, typer.Option(min=1, help="Sources given to the LLM.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question with the config's LLM, from the retrieved sources."""
+    pipe = _pipeline(config)
+    answer = pipe.ask(question, top_n=top_n)
+    if as_json:
+        _print_json(answer.to_dict())
+        return
+    typer.echo(answer.answer)
+    typer.echo("\nsources:")
+    for i, s in enumerate(answer.sources, 1):
+        typer.echo(f"  [{i}] {s.doc_id}  {_snippet(s.node.get_content(), 100)}")
+
+
+@app.command()
+@handle_errors
 def info(config: ConfigArg, as_json: JsonOpt = False) -> None:
     """Show what built the index (manifest) and how big it is. Loads no model."""
     data = _pipeline(config).info()

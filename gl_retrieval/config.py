@@ -97,6 +97,11 @@ class OllamaEmbedderConfig(_EmbedderCommon):
         default=None, gt=0, description="Context length in tokens; chunks must fit in it."
     )
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries on 5xx / resets.")
+    tokenizer: Path | None = Field(
+        default=None,
+        description="Local Hugging Face tokenizer (directory or tokenizer.json) of the model, to "
+        "measure chunks and refuse over-long ones before sending (bert-base-uncased for nomic).",
+    )
 
 
 def _tag(key: str, default: str):
@@ -252,6 +257,11 @@ class PipelineConfig(_Strict):
         emb = self.embedder
         if isinstance(emb, HuggingFaceEmbedderConfig) and emb.model.startswith((".", "~")):
             update["embedder"] = emb.model_copy(update={"model": str(anchor(Path(emb.model)))})
+        if isinstance(emb, OllamaEmbedderConfig) and emb.tokenizer is not None:
+            update["embedder"] = emb.model_copy(update={"tokenizer": anchor(emb.tokenizer)})
+        rr = self.reranker
+        if rr is not None and rr.model.startswith((".", "~")):
+            update["reranker"] = rr.model_copy(update={"model": str(anchor(Path(rr.model)))})
         return self.model_copy(update=update)
 
 

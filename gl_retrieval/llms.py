@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
-from gl_retrieval._ollama import import_optional, ollama_errors, resolve_base_url
+from gl_retrieval._deps import require
+from gl_retrieval._ollama import ollama_errors, resolve_base_url
 from gl_retrieval.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def build_ollama_llm(
         raise ConfigError(f"llm.timeout_s must be > 0, but got {timeout_s!r}")
     if context_window is not None and context_window <= 0:
         raise ConfigError(f"llm.context_window must be > 0, but got {context_window!r}")
-    module = import_optional("llama_index.llms.ollama", extra="ollama")
+    module = require("llama_index.llms.ollama", package="llama-index-llms-ollama")
     return module.Ollama(
         model=model,
         base_url=resolve_base_url(base_url, setting="llm.base_url"),

@@ -4,10 +4,6 @@ The server (tests/ollama_server.py) computes real MiniLM vectors, records every 
 injects faults; the client side is the real ``ollama`` package and LlamaIndex's ``Ollama`` LLM.
 """
 
-# The fixtures are imported from tests/ollama_server.py (tests/conftest.py belongs to the shared
-# suite), so pytest's parameter-named fixtures look like redefinitions to ruff.
-# ruff: noqa: F811
-
 from __future__ import annotations
 
 import json
@@ -20,20 +16,13 @@ import pytest
 from llama_index.core import VectorStoreIndex
 from llama_index.core.llms import ChatMessage
 from llama_index.core.schema import NodeWithScore, TextNode
-from llama_index.core.settings import Settings, _Settings
+from llama_index.core.settings import Settings
 
 from gl_retrieval._ollama import resolve_base_url
 from gl_retrieval.embedders.ollama import OllamaEmbedder
 from gl_retrieval.errors import ConfigError, EmbeddingError, ModelLoadError, OllamaError
 from gl_retrieval.llms import NO_SOURCES_ANSWER, build_ollama_llm, synthesize_answer
-from tests.ollama_server import (  # noqa: F401  (fixtures)
-    FakeOllama,
-    closed_port,
-    minilm_path,
-    ollama_minilm,
-    ollama_server,
-    ollama_server_session,
-)
+from tests.ollama_server import FakeOllama, closed_port, minilm_path
 
 DOC = "search_document: "
 QUERY = "search_query: "
@@ -41,15 +30,9 @@ EMBED = "/api/embed"
 
 
 @pytest.fixture(autouse=True)
-def _settings_are_off_limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Any read or write of LlamaIndex's global Settings.llm / embed_model fails the test."""
-
-    def forbidden(self: Any, value: Any = None) -> Any:
-        raise AssertionError("LlamaIndex's global Settings.llm / Settings.embed_model was used")
-
+def _no_ollama_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests set OLLAMA_HOST themselves; the global Settings tripwire is in conftest.py."""
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
-    for name in ("llm", "embed_model"):
-        monkeypatch.setattr(_Settings, name, property(forbidden, forbidden))
     yield
 
 

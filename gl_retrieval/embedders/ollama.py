@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
+from gl_retrieval._deps import require
 from gl_retrieval._ollama import (
     connection_refused_error,
-    import_optional,
     is_context_length_error,
     missing_model_error,
     resolve_base_url,
@@ -291,7 +291,7 @@ class OllamaEmbedder(GLEmbedding):
 
     def _get_client(self) -> ollama.Client:
         if self._client is None:
-            ollama_mod = import_optional("ollama", extra="ollama")
+            ollama_mod = require("ollama", package="ollama")
             self._client = ollama_mod.Client(host=self.base_url, timeout=self.timeout_s)
         return self._client
 
@@ -457,7 +457,7 @@ class OllamaEmbedder(GLEmbedding):
 
     def _load_tokenizer(self) -> tokenizers.Tokenizer:
         if self._tokenizer is None:
-            tokenizers_mod = import_optional("tokenizers", extra="huggingface")
+            tokenizers_mod = require("tokenizers", package="tokenizers")
             path = Path(str(self.tokenizer))
             file = path / "tokenizer.json" if path.is_dir() else path
             if not file.is_file():
