@@ -221,6 +221,35 @@ def demo(
             typer.echo(f"  {i}. {r['score']:.3f}  [{r['doc_id']}] {_snippet(r['text'], 110)}")
 
 
+# -- models ---------------------------------------------------------------------------------------
+
+models_app = typer.Typer(
+    help="Fetch the models a config names into the Hugging Face cache, for offline use.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("pull")
+@handle_errors
+def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
+    """Download the config's hub models (embedder, reranker) into the Hugging Face cache.
+
+    Honours HF_HOME / HF_HUB_CACHE. Ollama models print the `ollama pull` command to run;
+    packaged and local models need nothing.
+    """
+    from gl_retrieval.models import configured_models, hf_cache_dir, pull_model
+
+    reports = []
+    for ref in configured_models(load_config(config)):
+        report = pull_model(ref, log=lambda line: typer.echo(line, err=True))
+        reports.append(report)
+        if not as_json:
+            typer.echo(report.line())
+    if as_json:
+        _print_json({"cache": str(hf_cache_dir()), "models": [r.to_dict() for r in reports]})
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
