@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -68,26 +67,9 @@ def minilm_embedder() -> Any:
 def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
     """A tiny randomly initialised BertForSequenceClassification(num_labels=1) saved to disk
     with the packaged MiniLM's tokenizer: the real CrossEncoder loading path, meaningless scores."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from gl_retrieval.testing import make_tiny_cross_encoder
 
-    out = tmp_path_factory.mktemp("tiny-cross-encoder")
-    torch.manual_seed(0)
-    vocab = len((minilm_path / "vocab.txt").read_text(encoding="utf-8").splitlines())
-    cfg = BertConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-    )
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (minilm_path / name).exists():
-            shutil.copy(minilm_path / name, out / name)
-    return out
+    return make_tiny_cross_encoder(tmp_path_factory.mktemp("tiny") / "tiny-cross-encoder")
 
 
 def write_corpus(path: Path, docs: list[dict[str, Any]]) -> Path:
