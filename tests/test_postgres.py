@@ -467,6 +467,22 @@ def test_location_and_url_checks_never_show_the_password() -> None:
     assert "s3cret" not in str(err.value)
 
 
+def test_filter_sql_binds_values_and_keeps_equality_indexable() -> None:
+    from sqlalchemy import column
+    from sqlalchemy.dialects import postgresql
+
+    from gl_retrieval.storage._pg_filters import filters_clause
+
+    meta = column("metadata_", postgresql.JSONB)
+    clause = filters_clause(meta, _filters(("ticker", "==", "x' OR 1=1 --"), ("n", "in", [1, 2])))
+    compiled = clause.compile(dialect=postgresql.dialect())
+    sql = str(compiled)
+    assert "OR 1=1" not in sql and "x' OR 1=1 --" in json.dumps(compiled.params)
+    assert sql.count("metadata_ @> CAST(") == 3 and "coalesce" not in sql  # GIN-usable
+    negated = str(filters_clause(meta, _filters(("n", ">", 1), condition="not")).compile())
+    assert negated.startswith("NOT coalesce(")
+
+
 def test_bm25_and_hybrid_are_refused_on_postgres_for_now() -> None:
     storage = {"backend": "postgres", "url": "postgresql://u@h/db"}
     for mode in ("bm25", "hybrid"):

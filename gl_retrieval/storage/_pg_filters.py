@@ -157,12 +157,10 @@ def filters_clause(metadata: ColumnElement[Any], filters: MetadataFilters) -> Co
     Raises:
         FilterError: an operator this backend does not know, or a value of the wrong shape.
     """
-    # coalesce: a leaf on a missing key is NULL in SQL, but must be false (as in Python) so
-    # that `not` and `!=` treat it like SimpleVectorStore does.
     parts = [
         filters_clause(metadata, f)
         if isinstance(f, MetadataFilters)
-        else func.coalesce(filter_clause(metadata, f), false())
+        else filter_clause(metadata, f)
         for f in filters.filters
     ]
     condition = filters.condition or FilterCondition.AND
@@ -173,5 +171,8 @@ def filters_clause(metadata: ColumnElement[Any], filters: MetadataFilters) -> Co
     if condition == FilterCondition.OR:
         return or_(*parts)
     if condition == FilterCondition.NOT:
-        return not_(or_(*parts))
+        # A comparison on a missing key is NULL in SQL but false in Python: coalesce so that
+        # `not` matches such rows as SimpleVectorStore does. Only here: a bare `metadata_ @> x`
+        # elsewhere keeps the GIN index and the planner's row estimates usable.
+        return not_(func.coalesce(or_(*parts), false()))
     raise FilterError(f"unknown filter condition {condition!r}; use and, or or not")

@@ -17,7 +17,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from gl_retrieval.errors import IndexMismatchError, StorageError
-from gl_retrieval.storage._pgvector import StagedChanges, StagedPGVectorStore, copy_rows, node_row
+from gl_retrieval.storage._pgcopy import copy_rows, node_row
+from gl_retrieval.storage._pgvector import StagedChanges, StagedPGVectorStore
 from gl_retrieval.storage.base import IndexHandle
 
 if TYPE_CHECKING:

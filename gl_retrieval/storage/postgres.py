@@ -3,8 +3,9 @@
 Tables (``T`` is ``storage.table``, lowercased; schema ``public``)::
 
     data_T         the chunks: text, metadata_ (JSONB), node_id, embedding vector(d)
-                   (LlamaIndex PGVectorStore's layout), an HNSW index (cosine), a btree on
-                   metadata_->>'ref_doc_id' and a unique btree on node_id
+                   (LlamaIndex PGVectorStore's layout), an HNSW index (cosine), a GIN index
+                   on metadata_ (==/in filters), a btree on metadata_->>'ref_doc_id' and a
+                   unique btree on node_id
     T_documents    one row per source document: content hash, chunk ids, source (incremental
                    indexing reads it instead of the chunks)
     T_manifest     one row: the manifest JSON, the vector dimension and a generation number
@@ -14,8 +15,9 @@ Atomicity: an ``index`` run stages every write in memory (:mod:`._pgvector`) and
 transaction. Readers see the previous index until that transaction commits, then the whole new
 one; a failure or a crash (even ``kill -9``) at any point before that leaves the previous index
 as it was. Small updates change ``data_T`` in place (the HNSW index absorbs the new rows); large
-ones (a first build, ``--rebuild``, or more than 10% new rows) build a fresh table with a bulk
-HNSW build and swap it in, still inside that one transaction, so readers wait only for the swap.
+ones (a first build, ``--rebuild``, or at least REBUILD_MIN_ROWS new rows that are at least
+REBUILD_FRACTION of the table) build a fresh table with bulk index builds and swap it in, still
+inside that one transaction, so readers wait only for the swap (:mod:`._pgcommit`).
 
 Writers take a session advisory lock (:meth:`PostgresStorage.write_lock`); the commit also checks
 the generation it started from, so two writers can never interleave. Readers take no lock.
@@ -26,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -36,13 +37,8 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from gl_retrieval._deps import require
 from gl_retrieval.config import PostgresStorageConfig
-from gl_retrieval.errors import (
-    ConfigError,
-    GLRetrievalError,
-    IndexMismatchError,
-    IndexNotFoundError,
-    StorageError,
-)
+from gl_retrieval.errors import ConfigError, GLRetrievalError, IndexNotFoundError, StorageError
+from gl_retrieval.storage._pgerrors import translate
 from gl_retrieval.storage.base import DocRecord, IndexHandle, index_kwargs
 from gl_retrieval.storage.manifest import Manifest
 
@@ -88,33 +84,6 @@ def _public_url(url: Any) -> str:
 
 def _snapshot(docs: dict[str, DocRecord]) -> dict[str, tuple[str, tuple[str, ...], str]]:
     return {k: (r.hash, tuple(r.nodes), r.source) for k, r in docs.items()}
-
-
-_HINTS = (
-    (
-        r"password authentication failed|no password supplied|role \".*\" does not exist",
-        "check the user and password in storage.url (or PGPASSWORD / ~/.pgpass)",
-    ),
-    (
-        r"database \".*\" does not exist",
-        "create the database (`createdb NAME`) or fix its name in storage.url",
-    ),
-    (r"could not translate host name", "check the host name in storage.url"),
-    (
-        r"connection refused|no such file or directory|could not connect",
-        "is PostgreSQL running there and accepting connections?",
-    ),
-    (r"timeout expired", "the server did not answer in time: check the host, port and firewall"),
-    (
-        r"type \"vector\" does not exist|extension \"vector\"",
-        "the pgvector extension is missing: an administrator must run `CREATE EXTENSION vector;` "
-        "in this database (pgvector must be installed on the server)",
-    ),
-    (
-        r"relation .* does not exist",
-        "the index tables are missing: run `gl-retrieval index CONFIG --rebuild`",
-    ),
-)
 
 
 class PostgresStorage:
@@ -212,33 +181,10 @@ class PostgresStorage:
         except GLRetrievalError:
             raise
         except Exception as e:
-            mapped = self._translate(e, action)
+            mapped = translate(e, action=action, location=self.location, password=self._password)
             if mapped is None:
                 raise
             raise mapped from None
-
-    def _translate(self, e: BaseException, action: str) -> GLRetrievalError | None:
-        sa_exc = require("sqlalchemy.exc", extra="postgres")
-        if not isinstance(e, (sa_exc.SQLAlchemyError, OSError)) and not type(
-            e
-        ).__module__.startswith(("psycopg2", "asyncpg")):
-            return None
-        orig = getattr(e, "orig", None) or e
-        text = str(orig).strip() or type(orig).__name__
-        if self._password:
-            text = text.replace(self._password, "***")
-        first = text.splitlines()[0].strip()
-        if re.search(r"different vector dimensions|expected \d+ dimensions", text):
-            return IndexMismatchError(
-                f"cannot {action} at {self.location}: {first}. The table holds vectors of another "
-                "dimension than this embedder's: it was rebuilt with another embedder (by another "
-                "process?). Reload the pipeline, or rebuild with "
-                "`gl-retrieval index CONFIG --rebuild`"
-            )
-        hint = next((h for pat, h in _HINTS if re.search(pat, text, re.IGNORECASE)), "")
-        return StorageError(
-            f"cannot {action} at {self.location}: {first}" + (f"; {hint}" if hint else "")
-        )
 
     # -- reading -------------------------------------------------------------------------------
 
