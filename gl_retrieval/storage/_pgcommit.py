@@ -175,7 +175,7 @@ def _rebuild(
                 f"INSERT INTO {_q(build)} (text, metadata_, node_id, embedding) "
                 f"SELECT text, metadata_, node_id, embedding FROM {_q(live)} "
                 "WHERE NOT (coalesce(metadata_->>'ref_doc_id', '') = ANY(:docs)) "
-                "AND NOT (node_id = ANY(:nodes)) ORDER BY id"
+                "AND NOT (node_id = ANY(:nodes))"
             ),
             {"docs": list(staged.deleted_docs), "nodes": [*staged.deleted_nodes, *staged.adds]},
         )
