@@ -1,0 +1,567 @@
+"""The embedded default vector store: numpy vectors, memory-mapped, with the node text beside them.
+
+:class:`EmbeddedVectorStore` replaces LlamaIndex's ``SimpleVectorStore`` (JSON on disk, a Python
+loop per query). It keeps the vectors as a float32 matrix, scores all rows with one matrix-vector
+product, evaluates metadata filters on columnar numpy arrays *before* taking the top k, and
+persists to a directory that reloads in milliseconds (vectors memory-mapped, text decoded only for
+the rows a query returns). ``docs/scaling.md`` has the measurements behind these choices.
+
+Rows are append-only in memory: re-adding a node id marks its old row deleted and appends a new
+one; deleted rows are dropped when the store is persisted. A store is safe to query from several
+threads; writes (add, delete, persist) must not run concurrently with anything else.
+
+Persisted layout (one directory)::
+
+    manifest.json                 commit point: format, settings, file names and sizes
+    vectors.<gen>.npy             float32 (n, dim), loaded with mmap_mode="r"
+    norms.<gen>.npy               float32 (n,), L2 norm of every vector
+    rows.<gen>.json               {"ids": [...], "ref_doc_ids": [...]}
+    metadata.<gen>.json (+ spans) one JSON object per row, decoded when a filter needs it
+    nodes.<gen>.json (+ spans)    the rest of each node (text, relationships, ...), decoded per hit
+    hnsw.<gen>.bin (+ labels)     only with ann="hnsw"
+
+Every file is written under a temporary name, fsync-ed and renamed; ``manifest.json`` is replaced
+last and names the generation's files, so a crash mid-persist leaves the previous generation
+readable. Files of older generations are removed after the new manifest is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+import fsspec
+import numpy as np
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.schema import BaseNode, Document, ImageNode, IndexNode, Node, TextNode
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+    VectorStoreQueryResult,
+)
+
+from gl_retrieval.errors import (
+    ConfigError,
+    EmbeddingError,
+    FilterError,
+    IndexMismatchError,
+    IndexNotFoundError,
+    StorageError,
+)
+from gl_retrieval.storage._files import (
+    JsonRows,
+    atomic_write,
+    dumps,
+    fsync_dir,
+    write_json_rows,
+    write_npy_chunks,
+)
+from gl_retrieval.storage._matrix import CHUNK, VectorRows, top_k
+from gl_retrieval.storage.ann import HnswGraph
+from gl_retrieval.storage.filters import Column, build_column, evaluate_filters
+
+__all__ = ["EmbeddedVectorStore"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT, VERSION, MANIFEST = "gl_retrieval.embedded_vector_store", 1, "manifest.json"
+_OUR_FILE = re.compile(  # files of any generation, and temporary files left by a crash
+    r"^\.?(vectors|norms|rows|metadata|nodes|hnsw)(_spans|_labels)?\.[0-9a-f]{12}\.(npy|json|bin)"
+    r"(\.[0-9a-f]{8}\.tmp|\.tmp)?$"
+)
+_NODE_TYPES: dict[str, type[BaseNode]] = {
+    c.class_name(): c for c in (TextNode, Node, Document, ImageNode, IndexNode)
+}
+_SETTINGS = (
+    "similarity",
+    "ann",
+    "ann_min_rows",
+    "ann_exact_below",
+    "hnsw_m",
+    "hnsw_ef_construction",
+    "hnsw_ef_search",
+)
+
+
+class EmbeddedVectorStore(BasePydanticVectorStore):
+    """A LlamaIndex vector store that keeps vectors, text and metadata in one local directory.
+
+    Args:
+        similarity: ``"cosine"`` (default; correct for unnormalised vectors too) or ``"dot"``.
+        ann: ``"off"`` (default: exact search) or ``"hnsw"`` (hnswlib graph, once the store has
+            at least ``ann_min_rows`` rows; needs ``pip install 'gl-retrieval[ann]'``).
+        ann_min_rows: Below this many rows the search is exact even with ``ann="hnsw"``.
+        ann_exact_below: With a filter that keeps less than this fraction of the rows, search the
+            kept rows exactly instead of the graph (cheap, and never starves the top k).
+        hnsw_m: Graph degree.
+        hnsw_ef_construction: Candidate list size while building.
+        hnsw_ef_search: Candidate list size per query (raised to the oversampled k if larger).
+
+    Example:
+        >>> from llama_index.core.schema import TextNode
+        >>> from llama_index.core.vector_stores.types import VectorStoreQuery
+        >>> store = EmbeddedVectorStore()
+        >>> store.add([TextNode(id_="a", text="hi", embedding=[1.0, 0.0])])
+        ['a']
+        >>> store.query(VectorStoreQuery(query_embedding=[1.0, 0.0], similarity_top_k=1)).ids
+        ['a']
+    """
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", validate_assignment=True
+    )
+    stores_text: bool = True
+    is_embedding_query: bool = True
+    similarity: Literal["cosine", "dot"] = Field(default="cosine")
+    ann: Literal["off", "hnsw"] = Field(default="off")
+    ann_min_rows: int = Field(default=200_000, gt=0)
+    ann_exact_below: float = Field(default=0.1, ge=0.0, le=1.0)
+    hnsw_m: int = Field(default=16, gt=1)
+    hnsw_ef_construction: int = Field(default=100, gt=0)
+    hnsw_ef_search: int = Field(default=64, gt=0)
+
+    _vectors: VectorRows = PrivateAttr(default_factory=VectorRows)
+    _ids: list[str] = PrivateAttr(default_factory=list)
+    _row_of: dict[str, int] = PrivateAttr(default_factory=dict)
+    _refs: list[str | None] = PrivateAttr(default_factory=list)
+    _doc_rows: dict[str, list[int]] = PrivateAttr(default_factory=dict)
+    _meta: JsonRows = PrivateAttr(default_factory=JsonRows)
+    _body: JsonRows = PrivateAttr(default_factory=JsonRows)
+    _columns: dict[str, Column] = PrivateAttr(default_factory=dict)
+    _columns_n: int = PrivateAttr(default=0)
+    _graph: HnswGraph | None = PrivateAttr(default=None)
+    _graph_has_dead: bool = PrivateAttr(default=False)  # rows died since the graph last looked
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Class name."""
+        return "EmbeddedVectorStore"
+
+    @property
+    def client(self) -> None:
+        """No client: the store is in-process."""
+        return None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Number of stored nodes. (Not ``__len__``: an empty store must stay truthy, because
+        LlamaIndex tests ``if vector_store:`` and would swap in a SimpleVectorStore.)"""
+        return len(self._row_of)
+
+    @property
+    def dim(self) -> int | None:
+        """Vector dimension, fixed by the first ``add`` (None while empty)."""
+        return self._vectors.dim
+
+    def ref_doc_node_ids(self) -> dict[str, list[str]]:
+        """Map every source document id to the ids of its stored nodes."""
+        return {ref: [self._ids[r] for r in rows] for ref, rows in self._doc_rows.items()}
+
+    def get_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+    ) -> list[BaseNode]:
+        """Return stored nodes (without embeddings): all, the given ids (in that order, unknown
+        ids skipped), and/or those matching ``filters``."""
+        if node_ids is None:
+            rows = np.flatnonzero(self._allowed(None, None, filters, force=True))
+        else:
+            rows = np.asarray([self._row_of[i] for i in node_ids if i in self._row_of], np.int64)
+            if filters is not None:
+                rows = rows[self._allowed(None, None, filters, force=True)[rows]]
+        return [self._node(int(r)) for r in rows]
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """Top ``similarity_top_k`` nodes by similarity, after ``node_ids``, ``doc_ids`` and
+        ``filters`` restricted the rows (a filter never starves the result).
+
+        An empty ``node_ids`` or ``doc_ids`` list means no restriction, as in LlamaIndex's other
+        text-storing stores: ``VectorStoreIndex.as_retriever`` passes ``node_ids=[]`` for them.
+        """
+        if query.mode != VectorStoreQueryMode.DEFAULT:
+            raise ConfigError(
+                f"EmbeddedVectorStore supports query mode 'default' only, but got "
+                f"{query.mode.value!r}; use gl_retrieval's hybrid retriever for sparse/hybrid"
+            )
+        if query.similarity_top_k <= 0:
+            raise ConfigError(f"similarity_top_k must be > 0, but got {query.similarity_top_k}")
+        if query.query_embedding is None:
+            raise EmbeddingError("the query has no query_embedding; embed the query first")
+        q = np.asarray(query.query_embedding, dtype=np.float32)
+        if self._vectors.n == 0:
+            return VectorStoreQueryResult(nodes=[], similarities=[], ids=[])
+        if q.shape != (self.dim,):
+            raise IndexMismatchError(
+                f"the query vector has shape {q.shape}, but the store holds {self.dim}-d "
+                "vectors; query with the embedder that built the index, or rebuild it"
+            )
+        allowed = self._allowed(query.node_ids or None, query.doc_ids or None, query.filters)
+        rows, scores = self._search(q, k=query.similarity_top_k, allowed=allowed)
+        return VectorStoreQueryResult(
+            nodes=[self._node(int(r)) for r in rows],
+            similarities=[float(s) for s in scores],
+            ids=[self._ids[int(r)] for r in rows],
+        )
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
+        """Add nodes that carry ``.embedding``; a node id already stored is replaced."""
+        if not nodes:
+            return []
+        vectors = self._embeddings_of(nodes)
+        encoded = [self._encode(node) for node in nodes]  # may raise: before any change
+        start = self._vectors.append(vectors)
+        for row, node in enumerate(nodes, start):
+            if node.node_id in self._row_of:
+                self._kill(self._row_of[node.node_id])
+            meta, body = encoded[row - start]
+            self._ids.append(node.node_id)
+            self._row_of[node.node_id] = row
+            self._refs.append(node.ref_doc_id)
+            if node.ref_doc_id is not None:
+                self._doc_rows.setdefault(node.ref_doc_id, []).append(row)
+            self._meta.append(meta)
+            self._body.append(body)
+        return [node.node_id for node in nodes]
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Delete every node whose source document is ``ref_doc_id``."""
+        for row in list(self._doc_rows.get(ref_doc_id, ())):
+            self._kill(row)
+
+    def delete_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **delete_kwargs: Any,
+    ) -> None:
+        """Delete the given nodes, those matching ``filters``, or (both given) their overlap."""
+        if node_ids is None and filters is None:
+            raise FilterError("delete_nodes needs node_ids or filters; use clear() to delete all")
+        for row in np.flatnonzero(self._allowed(node_ids, None, filters, force=True)):
+            self._kill(int(row))
+
+    def clear(self) -> None:
+        """Delete every node (settings are kept)."""
+        fresh = type(self)(**self._settings())
+        for name in self.__private_attributes__:
+            setattr(self, name, getattr(fresh, name))
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def persist(self, persist_path: str, fs: fsspec.AbstractFileSystem | None = None) -> None:
+        """Write the store into the directory ``persist_path`` (created if needed).
+
+        Called by ``StorageContext.persist(dir)`` with ``dir/default__vector_store.json``, which
+        then is a directory; :meth:`from_persist_dir` reads both layouts.
+        """
+        _require_local(fs)
+        out = Path(persist_path)
+        out.mkdir(parents=True, exist_ok=True)
+        gen = uuid.uuid4().hex[:12]
+        rows = np.flatnonzero(self._vectors.live)
+        files: dict[str, dict[str, Any]] = {}
+
+        def put(role: str, ext: str, write: Callable[[BinaryIO], Any]) -> None:
+            name = f"{role}.{gen}.{ext}"
+            files[role] = {"name": name, "bytes": atomic_write(out / name, write)}
+
+        def put_npy(role: str, array: np.ndarray) -> None:
+            put(role, "npy", lambda f: np.save(f, array, allow_pickle=False))
+
+        def put_json_rows(role: str, column: JsonRows) -> None:
+            spans = []
+            put(role, "json", lambda f: spans.append(write_json_rows(f, column.iter_raw(rows))))
+            put_npy(f"{role}_spans", spans[0])
+
+        shape = (len(rows), self.dim or 0)
+        chunks = self._vectors.vectors_of(rows)
+        put("vectors", "npy", lambda f: write_npy_chunks(f, chunks, shape=shape))
+        put_npy("norms", self._vectors.norms[rows])
+        ids_refs = {
+            "ids": [self._ids[r] for r in rows],
+            "ref_doc_ids": [self._refs[r] for r in rows],
+        }
+        put("rows", "json", lambda f: f.write(dumps(ids_refs)))
+        put_json_rows("metadata", self._meta)
+        put_json_rows("nodes", self._body)
+        graph = self._graph_ready(full=True)
+        if graph is not None:
+            name = f"hnsw.{gen}.bin"
+            files["hnsw"] = {"name": name, "bytes": graph.save(out / name)}
+            new_row = np.full(self._vectors.n, -1, np.int64)
+            new_row[rows] = np.arange(len(rows))
+            labels = graph.label_rows
+            put_npy("hnsw_labels", np.where(labels >= 0, new_row[np.maximum(labels, 0)], -1))
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "generation": gen,
+            "count": len(rows),
+            "dim": self.dim,
+            "settings": self._settings(),
+            "files": files,
+        }
+        atomic_write(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+        fsync_dir(out)
+        keep = {spec["name"] for spec in files.values()}
+        for path in out.iterdir():
+            if _OUR_FILE.match(path.name) and path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    @classmethod
+    def from_persist_path(
+        cls, persist_path: str, *, fs: fsspec.AbstractFileSystem | None = None, **settings: Any
+    ) -> EmbeddedVectorStore:
+        """Load a store written by :meth:`persist` into ``persist_path``.
+
+        Args:
+            persist_path: The directory given to :meth:`persist`.
+            fs: Only a local filesystem (or None) is supported: vectors are memory-mapped.
+            **settings: Override persisted settings, e.g. ``hnsw_ef_search=128``.
+
+        Raises:
+            IndexNotFoundError: No manifest in the directory.
+            StorageError: The directory is from another format version or a file is damaged.
+        """
+        _require_local(fs)
+        root = Path(persist_path)
+        if not (root / MANIFEST).is_file():
+            raise IndexNotFoundError(
+                f"no EmbeddedVectorStore at {root} (no {MANIFEST}); build the index and persist it"
+            )
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise StorageError(
+                f"{root / MANIFEST} is format {manifest.get('format')!r} version "
+                f"{manifest.get('version')!r}, but this gl_retrieval reads {FORMAT!r} version "
+                f"{VERSION}; rebuild the index"
+            )
+        paths = {}
+        for role, spec in manifest["files"].items():
+            path = root / spec["name"]
+            size = path.stat().st_size if path.is_file() else None
+            if size != spec["bytes"]:
+                raise StorageError(
+                    f"{path} is {size} bytes but the manifest says {spec['bytes']}: the index "
+                    "is damaged or incomplete; rebuild it"
+                )
+            paths[role] = path
+        store = cls(**{**manifest["settings"], **settings})
+        store._load(manifest, paths)
+        return store
+
+    @classmethod
+    def from_persist_dir(
+        cls,
+        persist_dir: str = "./storage",
+        *,
+        namespace: str = "default",
+        fs: fsspec.AbstractFileSystem | None = None,
+        **settings: Any,
+    ) -> EmbeddedVectorStore:
+        """Load from a directory given to :meth:`persist`, or from a ``StorageContext``
+        persist dir (then from ``<persist_dir>/<namespace>__vector_store.json/``)."""
+        root = Path(persist_dir)
+        if not (root / MANIFEST).is_file():
+            root = root / f"{namespace}__vector_store.json"
+        return cls.from_persist_path(str(root), fs=fs, **settings)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _load(self, manifest: dict[str, Any], paths: dict[str, Path]) -> None:
+        n = manifest["count"]
+        if n:
+            base = np.load(paths["vectors"], mmap_mode="r")
+            self._vectors = VectorRows(base, np.load(paths["norms"]))
+        rows = json.loads(paths["rows"].read_bytes())
+        self._ids, self._refs = rows["ids"], rows["ref_doc_ids"]
+        self._row_of = {node_id: row for row, node_id in enumerate(self._ids)}
+        for row, ref in enumerate(self._refs):
+            if ref is not None:
+                self._doc_rows.setdefault(ref, []).append(row)
+        for role, name in (("metadata", "_meta"), ("nodes", "_body")):
+            setattr(self, name, JsonRows.open(paths[role], spans=np.load(paths[f"{role}_spans"])))
+        if "hnsw" in paths and self.ann == "hnsw":
+            self._graph = HnswGraph.load(
+                paths["hnsw"],
+                dim=self.dim or 0,
+                space=self._space,
+                label_rows=np.load(paths["hnsw_labels"]),
+                covered=n,
+            )
+
+    def _settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _SETTINGS}
+
+    @property
+    def _space(self) -> str:
+        return "cosine" if self.similarity == "cosine" else "ip"
+
+    def _embeddings_of(self, nodes: Sequence[BaseNode]) -> np.ndarray:
+        missing = [n.node_id for n in nodes if n.embedding is None]
+        if missing:
+            raise EmbeddingError(
+                f"{len(missing)} node(s) have no embedding (e.g. {missing[0]!r}); embed nodes "
+                "before add(), or insert them through VectorStoreIndex with an embed_model"
+            )
+        try:
+            vectors = np.asarray([n.embedding for n in nodes], dtype=np.float32)
+        except ValueError as e:
+            raise EmbeddingError(f"the nodes' embeddings have different lengths: {e}") from e
+        dim = self.dim if self.dim is not None else vectors.shape[1]
+        if vectors.ndim != 2 or vectors.shape[1] != dim or dim == 0:
+            raise EmbeddingError(
+                f"expected {dim}-d embeddings, but got shape {vectors.shape}; one store holds "
+                "vectors of one embedder"
+            )
+        if not np.isfinite(vectors).all():
+            raise EmbeddingError("an embedding contains NaN or infinity; check the embedder")
+        return vectors
+
+    def _encode(self, node: BaseNode) -> tuple[bytes, bytes]:
+        name = node.class_name()
+        if _NODE_TYPES.get(name) is not type(node):
+            raise StorageError(
+                f"node {node.node_id!r} is a {type(node).__name__}; EmbeddedVectorStore stores "
+                f"{', '.join(_NODE_TYPES)}"
+            )
+        try:
+            body = node.model_dump(mode="json", exclude={"id_", "embedding"}, exclude_defaults=True)
+            meta = body.pop("metadata", {})
+            return dumps(meta), dumps({**body, "class_name": name})
+        except (TypeError, ValueError) as e:
+            raise StorageError(
+                f"node {node.node_id!r} has metadata that is not JSON-serialisable: {e}"
+            ) from e
+
+    def _node(self, row: int) -> BaseNode:
+        body = self._body.load(row)
+        cls = _NODE_TYPES[body.get("class_name", "TextNode")]
+        return cls.model_validate({**body, "id_": self._ids[row], "metadata": self._meta.load(row)})
+
+    def _kill(self, row: int) -> None:
+        if not self._vectors.kill(row):
+            return
+        self._graph_has_dead = True
+        del self._row_of[self._ids[row]]
+        ref = self._refs[row]
+        if ref is not None:
+            self._doc_rows[ref].remove(row)
+            if not self._doc_rows[ref]:
+                del self._doc_rows[ref]
+
+    def _column(self, key: str) -> Column:
+        if self._columns_n != self._vectors.n:
+            self._columns, self._columns_n = {}, self._vectors.n
+        if key not in self._columns:
+            self._columns[key] = build_column(key, self._meta.decoded())
+        return self._columns[key]
+
+    def _allowed(
+        self,
+        node_ids: list[str] | None,
+        doc_ids: list[str] | None,
+        filters: MetadataFilters | None,
+        *,
+        force: bool = False,
+    ) -> np.ndarray | None:
+        """Mask of live rows passing every restriction; None when that is every row."""
+        live, n = self._vectors.live, self._vectors.n
+        if node_ids is None and doc_ids is None and filters is None:
+            return live.copy() if force or not live.all() else None
+        mask = live.copy()
+        if node_ids is not None:
+            keep = np.zeros(n, bool)
+            keep[[self._row_of[i] for i in node_ids if i in self._row_of]] = True
+            mask &= keep
+        if doc_ids is not None:
+            keep = np.zeros(n, bool)
+            keep[[r for d in doc_ids for r in self._doc_rows.get(d, ())]] = True
+            mask &= keep
+        if filters is not None:
+            mask &= evaluate_filters(filters, column=self._column, live=live)
+        return mask
+
+    def _scores(self, q: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        return self._vectors.scores(q, rows, cosine=self.similarity == "cosine")
+
+    def _search(
+        self, q: np.ndarray, *, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        n, n_live = self._vectors.n, self._vectors.n_live
+        n_allowed = n_live if allowed is None else int(allowed.sum())
+        if n_allowed == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        graph = self._graph_ready(full=False)
+        if graph is not None and n_allowed >= self.ann_exact_below * n_live:
+            # oversample by the filter's selectivity; rows added since the graph was last
+            # synced are scored exactly; every candidate is re-scored from the stored vectors
+            want = min(math.ceil(2 * k * n_live / n_allowed), graph.live)
+            near = graph.search(q, k=want, ef=self.hnsw_ef_search)
+            rows = np.concatenate([near, np.arange(graph.covered, n)])
+            rows = np.unique(rows[(self._vectors.live if allowed is None else allowed)[rows]])
+            if len(rows) >= min(k, n_allowed):
+                return top_k(rows, self._scores(q, rows), k)
+        if allowed is None:
+            return top_k(np.arange(n), self._scores(q, None), k)
+        if n_allowed * 8 < n:  # gathering few rows beats scoring all
+            rows = np.flatnonzero(allowed)
+            return top_k(rows, self._scores(q, rows), k)
+        scores = np.where(allowed, self._scores(q, None), -np.inf)
+        return top_k(np.arange(n), scores, min(k, n_allowed))
+
+    def _graph_ready(self, *, full: bool) -> HnswGraph | None:
+        """The HNSW graph, built or brought up to date; None when search should be exact."""
+        vectors = self._vectors
+        if self.ann != "hnsw" or vectors.n_live < self.ann_min_rows:
+            return None
+        graph = self._graph
+        if graph is None or (full and graph.deleted > len(graph.label_rows) // 4):
+            logger.info("building the HNSW graph over %d rows", vectors.n_live)
+            rows = np.flatnonzero(vectors.live)
+            graph = self._graph = HnswGraph.build(
+                zip(_chunks(rows), vectors.vectors_of(rows), strict=True),
+                dim=vectors.dim or 0,
+                capacity=len(rows),
+                covered=vectors.n,
+                space=self._space,
+                m=self.hnsw_m,
+                ef_construction=self.hnsw_ef_construction,
+            )
+            return graph
+        if self._graph_has_dead:
+            graph.delete_rows(~vectors.live)
+            self._graph_has_dead = False
+        new = vectors.n - graph.covered
+        if new and (full or new > max(10_000, graph.live // 20)):
+            rows = np.arange(graph.covered, vectors.n)
+            rows = rows[vectors.live[rows]]
+            for chunk, block in zip(_chunks(rows), vectors.vectors_of(rows), strict=True):
+                graph.extend(chunk, block)
+            graph.covered = vectors.n
+        return graph
+
+
+def _chunks(rows: np.ndarray) -> Iterator[np.ndarray]:
+    for i in range(0, len(rows), CHUNK):
+        yield rows[i : i + CHUNK]
+
+
+def _require_local(fs: fsspec.AbstractFileSystem | None) -> None:
+    if fs is not None and "file" not in fs.protocol:
+        raise StorageError(
+            f"EmbeddedVectorStore persists to the local filesystem only (vectors are "
+            f"memory-mapped), but got a {type(fs).__name__}; pass fs=None"
+        )
