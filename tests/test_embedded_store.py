@@ -499,7 +499,7 @@ def test_crash_mid_persist_leaves_previous_generation_intact(
 
 
 def test_damaged_or_missing_index_raises(tmp_path: Path) -> None:
-    with pytest.raises(IndexNotFoundError, match="no EmbeddedVectorStore"):
+    with pytest.raises(IndexNotFoundError, match="no index at"):
         EmbeddedVectorStore.from_persist_path(str(tmp_path / "nothing"))
     store = EmbeddedVectorStore()
     store.add(make_nodes(10))

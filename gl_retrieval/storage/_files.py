@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,16 +22,24 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from gl_retrieval.errors import IndexNotFoundError, StorageError
+
 __all__ = [
+    "MANIFEST",
+    "Generation",
     "JsonRows",
     "atomic_write",
     "dumps",
     "fsync_dir",
+    "open_generation",
     "write_json_rows",
     "write_npy_chunks",
 ]
 
 _UNDECODED = object()
+MANIFEST = "manifest.json"
+# a generation's files (role.<12 hex>.ext) and the temporary files a crash can leave behind
+_GENERATION_FILE = re.compile(r"^\.?[a-z_]+\.[0-9a-f]{12}\.[a-z]+(\.[0-9a-f]{8})?(\.tmp)?$")
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> int:
@@ -159,3 +168,87 @@ class JsonRows:
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Generation:
+    """One crash-safe write of a directory: data files first, ``manifest.json`` last.
+
+    Every file name carries the generation id, so writing never touches the files the current
+    manifest names; :meth:`commit` replaces the manifest (the atomic switch) and then deletes the
+    files of older generations.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.id = uuid.uuid4().hex[:12]
+        self.files: dict[str, dict[str, Any]] = {}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def path(self, role: str, ext: str) -> Path:
+        """Where the file of ``role`` goes (for writers that need a file name)."""
+        return self.out / f"{role}.{self.id}.{ext}"
+
+    def add(self, role: str, path: Path, size: int) -> None:
+        """Record a file written at :meth:`path` by someone else, crash-safely."""
+        self.files[role] = {"name": path.name, "bytes": size}
+
+    def put(self, role: str, ext: str, write: Callable[[BinaryIO], Any]) -> None:
+        """Write the file of ``role`` crash-safely."""
+        path = self.path(role, ext)
+        self.add(role, path, atomic_write(path, write))
+
+    def put_npy(self, role: str, array: np.ndarray) -> None:
+        """Write an array as ``.npy`` (never pickled)."""
+        self.put(role, "npy", lambda f: np.save(f, array, allow_pickle=False))
+
+    def put_json_rows(self, role: str, rows: Iterable[bytes]) -> None:
+        """Write encoded JSON rows (see :func:`write_json_rows`) and their spans."""
+        spans: list[np.ndarray] = []
+        self.put(role, "json", lambda f: spans.append(write_json_rows(f, rows)))
+        self.put_npy(f"{role}_spans", spans[0])
+
+    def commit(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest (naming this generation's files), then remove older files."""
+        manifest = {**manifest, "generation": self.id, "files": self.files}
+        atomic_write(
+            self.out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode())
+        )
+        fsync_dir(self.out)
+        keep = {spec["name"] for spec in self.files.values()}
+        for path in self.out.iterdir():
+            if _GENERATION_FILE.match(path.name) and path.name not in keep:
+                path.unlink(missing_ok=True)
+
+
+def open_generation(
+    root: Path, *, format: str, version: int
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Read and check the manifest of a directory written by :class:`Generation`.
+
+    Returns:
+        The manifest and the path of every file role.
+
+    Raises:
+        IndexNotFoundError: The directory has no manifest.
+        StorageError: Another format or version, or a file is missing or has the wrong size.
+    """
+    if not (root / MANIFEST).is_file():
+        raise IndexNotFoundError(f"no index at {root} (no {MANIFEST}); build and persist one")
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    if manifest.get("format") != format or manifest.get("version") != version:
+        raise StorageError(
+            f"{root / MANIFEST} is format {manifest.get('format')!r} version "
+            f"{manifest.get('version')!r}, but this gl_retrieval reads {format!r} version "
+            f"{version}; rebuild the index"
+        )
+    paths = {}
+    for role, spec in manifest["files"].items():
+        path = root / spec["name"]
+        size = path.stat().st_size if path.is_file() else None
+        if size != spec["bytes"]:
+            raise StorageError(
+                f"{path} is {size} bytes but the manifest says {spec['bytes']}: the index is "
+                "damaged or incomplete; rebuild it"
+            )
+        paths[role] = path
+    return manifest, paths

@@ -7,8 +7,8 @@ persists to a directory that reloads in milliseconds (vectors memory-mapped, tex
 the rows a query returns). ``docs/scaling.md`` has the measurements behind these choices.
 
 Rows are append-only in memory: re-adding a node id marks its old row deleted and appends a new
-one; deleted rows are dropped when the store is persisted. A store is safe to query from several
-threads; writes (add, delete, persist) must not run concurrently with anything else.
+one; deleted rows are dropped when the store is persisted. The store does no locking, and queries
+fill caches lazily (filter columns, the HNSW graph): share one store between threads behind a lock.
 
 Persisted layout (one directory)::
 
@@ -28,13 +28,9 @@ readable. Files of older generations are removed after the new manifest is in pl
 from __future__ import annotations
 
 import json
-import logging
-import math
-import re
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
@@ -53,30 +49,23 @@ from gl_retrieval.errors import (
     EmbeddingError,
     FilterError,
     IndexMismatchError,
-    IndexNotFoundError,
     StorageError,
 )
 from gl_retrieval.storage._files import (
+    MANIFEST,
+    Generation,
     JsonRows,
-    atomic_write,
     dumps,
-    fsync_dir,
-    write_json_rows,
+    open_generation,
     write_npy_chunks,
 )
-from gl_retrieval.storage._matrix import CHUNK, VectorRows, top_k
+from gl_retrieval.storage._matrix import VectorRows, top_k
 from gl_retrieval.storage.ann import HnswGraph
 from gl_retrieval.storage.filters import Column, build_column, evaluate_filters
 
 __all__ = ["EmbeddedVectorStore"]
 
-logger = logging.getLogger(__name__)
-
-FORMAT, VERSION, MANIFEST = "gl_retrieval.embedded_vector_store", 1, "manifest.json"
-_OUR_FILE = re.compile(  # files of any generation, and temporary files left by a crash
-    r"^\.?(vectors|norms|rows|metadata|nodes|hnsw)(_spans|_labels)?\.[0-9a-f]{12}\.(npy|json|bin)"
-    r"(\.[0-9a-f]{8}\.tmp|\.tmp)?$"
-)
+FORMAT, VERSION = "gl_retrieval.embedded_vector_store", 1
 _NODE_TYPES: dict[str, type[BaseNode]] = {
     c.class_name(): c for c in (TextNode, Node, Document, ImageNode, IndexNode)
 }
@@ -267,58 +256,32 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         then is a directory; :meth:`from_persist_dir` reads both layouts.
         """
         _require_local(fs)
-        out = Path(persist_path)
-        out.mkdir(parents=True, exist_ok=True)
-        gen = uuid.uuid4().hex[:12]
         rows = np.flatnonzero(self._vectors.live)
-        files: dict[str, dict[str, Any]] = {}
-
-        def put(role: str, ext: str, write: Callable[[BinaryIO], Any]) -> None:
-            name = f"{role}.{gen}.{ext}"
-            files[role] = {"name": name, "bytes": atomic_write(out / name, write)}
-
-        def put_npy(role: str, array: np.ndarray) -> None:
-            put(role, "npy", lambda f: np.save(f, array, allow_pickle=False))
-
-        def put_json_rows(role: str, column: JsonRows) -> None:
-            spans = []
-            put(role, "json", lambda f: spans.append(write_json_rows(f, column.iter_raw(rows))))
-            put_npy(f"{role}_spans", spans[0])
-
-        shape = (len(rows), self.dim or 0)
-        chunks = self._vectors.vectors_of(rows)
-        put("vectors", "npy", lambda f: write_npy_chunks(f, chunks, shape=shape))
-        put_npy("norms", self._vectors.norms[rows])
+        gen = Generation(Path(persist_path))
+        chunks, shape = self._vectors.vectors_of(rows), (len(rows), self.dim or 0)
+        gen.put("vectors", "npy", lambda f: write_npy_chunks(f, chunks, shape=shape))
+        gen.put_npy("norms", self._vectors.norms[rows])
         ids_refs = {
             "ids": [self._ids[r] for r in rows],
             "ref_doc_ids": [self._refs[r] for r in rows],
         }
-        put("rows", "json", lambda f: f.write(dumps(ids_refs)))
-        put_json_rows("metadata", self._meta)
-        put_json_rows("nodes", self._body)
+        gen.put("rows", "json", lambda f: f.write(dumps(ids_refs)))
+        gen.put_json_rows("metadata", self._meta.iter_raw(rows))
+        gen.put_json_rows("nodes", self._body.iter_raw(rows))
         graph = self._graph_ready(full=True)
         if graph is not None:
-            name = f"hnsw.{gen}.bin"
-            files["hnsw"] = {"name": name, "bytes": graph.save(out / name)}
-            new_row = np.full(self._vectors.n, -1, np.int64)
-            new_row[rows] = np.arange(len(rows))
-            labels = graph.label_rows
-            put_npy("hnsw_labels", np.where(labels >= 0, new_row[np.maximum(labels, 0)], -1))
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "generation": gen,
-            "count": len(rows),
-            "dim": self.dim,
-            "settings": self._settings(),
-            "files": files,
-        }
-        atomic_write(out / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=2).encode()))
-        fsync_dir(out)
-        keep = {spec["name"] for spec in files.values()}
-        for path in out.iterdir():
-            if _OUR_FILE.match(path.name) and path.name not in keep:
-                path.unlink(missing_ok=True)
+            path = gen.path("hnsw", "bin")
+            gen.add("hnsw", path, graph.save(path))
+            gen.put_npy("hnsw_labels", graph.labels_after_compaction(rows, n=self._vectors.n))
+        gen.commit(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "count": len(rows),
+                "dim": self.dim,
+                "settings": self._settings(),
+            }
+        )
 
     @classmethod
     def from_persist_path(
@@ -336,28 +299,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
             StorageError: The directory is from another format version or a file is damaged.
         """
         _require_local(fs)
-        root = Path(persist_path)
-        if not (root / MANIFEST).is_file():
-            raise IndexNotFoundError(
-                f"no EmbeddedVectorStore at {root} (no {MANIFEST}); build the index and persist it"
-            )
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise StorageError(
-                f"{root / MANIFEST} is format {manifest.get('format')!r} version "
-                f"{manifest.get('version')!r}, but this gl_retrieval reads {FORMAT!r} version "
-                f"{VERSION}; rebuild the index"
-            )
-        paths = {}
-        for role, spec in manifest["files"].items():
-            path = root / spec["name"]
-            size = path.stat().st_size if path.is_file() else None
-            if size != spec["bytes"]:
-                raise StorageError(
-                    f"{path} is {size} bytes but the manifest says {spec['bytes']}: the index "
-                    "is damaged or incomplete; rebuild it"
-                )
-            paths[role] = path
+        manifest, paths = open_generation(Path(persist_path), format=FORMAT, version=VERSION)
         store = cls(**{**manifest["settings"], **settings})
         store._load(manifest, paths)
         return store
@@ -394,12 +336,9 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         for role, name in (("metadata", "_meta"), ("nodes", "_body")):
             setattr(self, name, JsonRows.open(paths[role], spans=np.load(paths[f"{role}_spans"])))
         if "hnsw" in paths and self.ann == "hnsw":
+            labels = np.load(paths["hnsw_labels"])
             self._graph = HnswGraph.load(
-                paths["hnsw"],
-                dim=self.dim or 0,
-                space=self._space,
-                label_rows=np.load(paths["hnsw_labels"]),
-                covered=n,
+                paths["hnsw"], dim=self.dim or 0, space=self._space, label_rows=labels
             )
 
     def _settings(self) -> dict[str, Any]:
@@ -480,7 +419,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         """Mask of live rows passing every restriction; None when that is every row."""
         live, n = self._vectors.live, self._vectors.n
         if node_ids is None and doc_ids is None and filters is None:
-            return live.copy() if force or not live.all() else None
+            return live.copy() if force or self._vectors.n_live < n else None
         mask = live.copy()
         if node_ids is not None:
             keep = np.zeros(n, bool)
@@ -506,13 +445,11 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         graph = self._graph_ready(full=False)
         if graph is not None and n_allowed >= self.ann_exact_below * n_live:
-            # oversample by the filter's selectivity; rows added since the graph was last
-            # synced are scored exactly; every candidate is re-scored from the stored vectors
-            want = min(math.ceil(2 * k * n_live / n_allowed), graph.live)
-            near = graph.search(q, k=want, ef=self.hnsw_ef_search)
-            rows = np.concatenate([near, np.arange(graph.covered, n)])
-            rows = np.unique(rows[(self._vectors.live if allowed is None else allowed)[rows]])
-            if len(rows) >= min(k, n_allowed):
+            mask = self._vectors.live if allowed is None else allowed
+            rows = graph.candidates(
+                q, k=k, ef=self.hnsw_ef_search, allowed=mask, n_allowed=n_allowed
+            )
+            if len(rows) >= min(k, n_allowed):  # else the filter starved the graph: go exact
                 return top_k(rows, self._scores(q, rows), k)
         if allowed is None:
             return top_k(np.arange(n), self._scores(q, None), k)
@@ -523,40 +460,25 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         return top_k(np.arange(n), scores, min(k, n_allowed))
 
     def _graph_ready(self, *, full: bool) -> HnswGraph | None:
-        """The HNSW graph, built or brought up to date; None when search should be exact."""
+        """The HNSW graph, built or brought up to date; None when search should be exact.
+
+        Deletions are marked lazily; appended rows join the graph at persist (``full``) or once
+        they are too many to score exactly on every query.
+        """
         vectors = self._vectors
         if self.ann != "hnsw" or vectors.n_live < self.ann_min_rows:
             return None
         graph = self._graph
-        if graph is None or (full and graph.deleted > len(graph.label_rows) // 4):
-            logger.info("building the HNSW graph over %d rows", vectors.n_live)
-            rows = np.flatnonzero(vectors.live)
-            graph = self._graph = HnswGraph.build(
-                zip(_chunks(rows), vectors.vectors_of(rows), strict=True),
-                dim=vectors.dim or 0,
-                capacity=len(rows),
-                covered=vectors.n,
-                space=self._space,
-                m=self.hnsw_m,
-                ef_construction=self.hnsw_ef_construction,
-            )
-            return graph
-        if self._graph_has_dead:
-            graph.delete_rows(~vectors.live)
+        if graph is None or (full and graph.stale):
+            m, efc = self.hnsw_m, self.hnsw_ef_construction
+            self._graph = HnswGraph.build(vectors, space=self._space, m=m, ef_construction=efc)
             self._graph_has_dead = False
+            return self._graph
         new = vectors.n - graph.covered
-        if new and (full or new > max(10_000, graph.live // 20)):
-            rows = np.arange(graph.covered, vectors.n)
-            rows = rows[vectors.live[rows]]
-            for chunk, block in zip(_chunks(rows), vectors.vectors_of(rows), strict=True):
-                graph.extend(chunk, block)
-            graph.covered = vectors.n
+        appends = full or new > max(10_000, graph.live // 20)
+        graph.sync(vectors, deletes=self._graph_has_dead, appends=appends)
+        self._graph_has_dead = False
         return graph
-
-
-def _chunks(rows: np.ndarray) -> Iterator[np.ndarray]:
-    for i in range(0, len(rows), CHUNK):
-        yield rows[i : i + CHUNK]
 
 
 def _require_local(fs: fsspec.AbstractFileSystem | None) -> None:
