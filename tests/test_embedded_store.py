@@ -597,3 +597,9 @@ def test_hnsw_mode_recall_filters_updates_and_reload(tmp_path: Path) -> None:
     ann = loaded
     assert recall() >= 0.95
     assert query(ann, queries[0], k=1) == ["h1"]
+    # the persisted graph has deleted labels; rows added after reload must still be found
+    late = TextNode(id_="late", text="late", embedding=(-queries[1]).tolist())
+    ann.add([late])
+    assert query(ann, -queries[1], k=1) == ["late"]
+    ann.delete_nodes(node_ids=["late"])
+    assert "late" not in query(ann, -queries[1], k=10)

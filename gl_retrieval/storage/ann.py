@@ -55,11 +55,14 @@ class HnswGraph:
         return graph
 
     @classmethod
-    def load(cls, path: Path, *, dim: int, space: str, label_rows: np.ndarray) -> HnswGraph:
-        """Read a graph written by :meth:`save`; it covers every row of the loaded store."""
+    def load(
+        cls, path: Path, *, dim: int, space: str, label_rows: np.ndarray, covered: int
+    ) -> HnswGraph:
+        """Read a graph written by :meth:`save` (persist syncs it, so it covers every row of
+        the loaded store: pass the row count as ``covered``)."""
         index = _hnswlib().Index(space=space, dim=dim)
         index.load_index(str(path))
-        return cls(index, label_rows=label_rows, covered=len(label_rows))
+        return cls(index, label_rows=label_rows, covered=covered)
 
     @property
     def live(self) -> int:

@@ -338,7 +338,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         if "hnsw" in paths and self.ann == "hnsw":
             labels = np.load(paths["hnsw_labels"])
             self._graph = HnswGraph.load(
-                paths["hnsw"], dim=self.dim or 0, space=self._space, label_rows=labels
+                paths["hnsw"], dim=self.dim or 0, space=self._space, label_rows=labels, covered=n
             )
 
     def _settings(self) -> dict[str, Any]:
