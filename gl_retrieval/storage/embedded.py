@@ -119,9 +119,9 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
 
     _vectors: VectorRows = PrivateAttr(default_factory=VectorRows)
     _ids: list[str] = PrivateAttr(default_factory=list)
-    _row_of: dict[str, int] = PrivateAttr(default_factory=dict)
+    _row_of: dict[str, int] | None = PrivateAttr(default_factory=dict)  # None: build on use
     _refs: list[str | None] = PrivateAttr(default_factory=list)
-    _doc_rows: dict[str, list[int]] = PrivateAttr(default_factory=dict)
+    _doc_rows: dict[str, list[int]] | None = PrivateAttr(default_factory=dict)
     _meta: JsonRows = PrivateAttr(default_factory=JsonRows)
     _body: JsonRows = PrivateAttr(default_factory=JsonRows)
     _columns: dict[str, Column] = PrivateAttr(default_factory=dict)
@@ -144,7 +144,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
     def count(self) -> int:
         """Number of stored nodes. (Not ``__len__``: an empty store must stay truthy, because
         LlamaIndex tests ``if vector_store:`` and would swap in a SimpleVectorStore.)"""
-        return len(self._row_of)
+        return self._vectors.n_live
 
     @property
     def dim(self) -> int | None:
@@ -153,7 +153,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
 
     def ref_doc_node_ids(self) -> dict[str, list[str]]:
         """Map every source document id to the ids of its stored nodes."""
-        return {ref: [self._ids[r] for r in rows] for ref, rows in self._doc_rows.items()}
+        return {ref: [self._ids[r] for r in rows] for ref, rows in self._by_doc().items()}
 
     def get_nodes(
         self,
@@ -165,7 +165,8 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         if node_ids is None:
             rows = np.flatnonzero(self._allowed(None, None, filters, force=True))
         else:
-            rows = np.asarray([self._row_of[i] for i in node_ids if i in self._row_of], np.int64)
+            by_id = self._by_id()
+            rows = np.asarray([by_id[i] for i in node_ids if i in by_id], np.int64)
             if filters is not None:
                 rows = rows[self._allowed(None, None, filters, force=True)[rows]]
         return [self._node(int(r)) for r in rows]
@@ -210,15 +211,16 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
             return []
         vectors = self._embeddings_of(nodes)
         encoded = [self._encode(node) for node in nodes]  # may raise: before any change
+        by_id = self._by_id()
         start = self._vectors.append(vectors)
         for row, node in enumerate(nodes, start):
-            if node.node_id in self._row_of:
-                self._kill(self._row_of[node.node_id])
+            if node.node_id in by_id:
+                self._kill(by_id[node.node_id])
             meta, body = encoded[row - start]
             self._ids.append(node.node_id)
-            self._row_of[node.node_id] = row
+            by_id[node.node_id] = row
             self._refs.append(node.ref_doc_id)
-            if node.ref_doc_id is not None:
+            if node.ref_doc_id is not None and self._doc_rows is not None:
                 self._doc_rows.setdefault(node.ref_doc_id, []).append(row)
             self._meta.append(meta)
             self._body.append(body)
@@ -226,7 +228,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
         """Delete every node whose source document is ``ref_doc_id``."""
-        for row in list(self._doc_rows.get(ref_doc_id, ())):
+        for row in list(self._by_doc().get(ref_doc_id, ())):
             self._kill(row)
 
     def delete_nodes(
@@ -329,10 +331,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
             self._vectors = VectorRows(base, np.load(paths["norms"]))
         rows = json.loads(paths["rows"].read_bytes())
         self._ids, self._refs = rows["ids"], rows["ref_doc_ids"]
-        self._row_of = {node_id: row for row, node_id in enumerate(self._ids)}
-        for row, ref in enumerate(self._refs):
-            if ref is not None:
-                self._doc_rows.setdefault(ref, []).append(row)
+        self._row_of = self._doc_rows = None  # built on first use
         for role, name in (("metadata", "_meta"), ("nodes", "_body")):
             setattr(self, name, JsonRows.open(paths[role], spans=np.load(paths[f"{role}_spans"])))
         if "hnsw" in paths and self.ann == "hnsw":
@@ -394,12 +393,29 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         if not self._vectors.kill(row):
             return
         self._graph_has_dead = True
-        del self._row_of[self._ids[row]]
+        if self._row_of is not None:
+            del self._row_of[self._ids[row]]
         ref = self._refs[row]
-        if ref is not None:
+        if ref is not None and self._doc_rows is not None:
             self._doc_rows[ref].remove(row)
             if not self._doc_rows[ref]:
                 del self._doc_rows[ref]
+
+    def _by_id(self) -> dict[str, int]:
+        """Node id -> live row; built on first use, so a reload does not pay for it."""
+        if self._row_of is None:
+            rows = np.flatnonzero(self._vectors.live).tolist()
+            self._row_of = dict(zip([self._ids[r] for r in rows], rows, strict=True))
+        return self._row_of
+
+    def _by_doc(self) -> dict[str, list[int]]:
+        """Source document id -> live rows; built on first use."""
+        if self._doc_rows is None:
+            self._doc_rows = {}
+            for row in np.flatnonzero(self._vectors.live).tolist():
+                if (ref := self._refs[row]) is not None:
+                    self._doc_rows.setdefault(ref, []).append(row)
+        return self._doc_rows
 
     def _column(self, key: str) -> Column:
         if self._columns_n != self._vectors.n:
@@ -423,11 +439,13 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         mask = live.copy()
         if node_ids is not None:
             keep = np.zeros(n, bool)
-            keep[[self._row_of[i] for i in node_ids if i in self._row_of]] = True
+            by_id = self._by_id()
+            keep[[by_id[i] for i in node_ids if i in by_id]] = True
             mask &= keep
         if doc_ids is not None:
             keep = np.zeros(n, bool)
-            keep[[r for d in doc_ids for r in self._doc_rows.get(d, ())]] = True
+            by_doc = self._by_doc()
+            keep[[r for d in doc_ids for r in by_doc.get(d, ())]] = True
             mask &= keep
         if filters is not None:
             mask &= evaluate_filters(filters, column=self._column, live=live)
