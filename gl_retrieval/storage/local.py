@@ -33,7 +33,7 @@ from gl_retrieval.storage.base import (
     index_kwargs,
 )
 from gl_retrieval.storage.manifest import Manifest
-from gl_retrieval.storage.vectors import load_vector_store, new_vector_store
+from gl_retrieval.storage.vectors import VECTOR_STORE_FNAME, load_vector_store, new_vector_store
 
 __all__ = ["LocalStorage", "atomic_write_text"]
 
@@ -145,7 +145,7 @@ class LocalStorage:
         tmp = self.persist_dir / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        handle.storage_context.persist(persist_dir=str(tmp))
+        handle.storage_context.persist(persist_dir=str(tmp), vector_store_fname=VECTOR_STORE_FNAME)
         for hook in handle.extras.get("persist_hooks", ()):
             hook(tmp)
         (tmp / DOCUMENTS).write_text(documents_to_json(handle.documents), encoding="utf-8")
