@@ -9,7 +9,7 @@ The work is ordered for throughput:
 1. Only the committed manifest and document table are read to decide what changed, so a run
    with nothing to do loads neither the model nor the vectors.
 2. Changed documents are chunked in one batched call of the model's own tokenizer.
-3. Chunks are embedded longest first, in windows of ``16 * batch_size``, so batches carry
+3. Chunks are embedded longest first, in windows of ``8 * batch_size``, so batches carry
    little padding (sentence-transformers only sorts within one ``encode`` call) and a progress
    bar can follow the work.
 4. Embedded nodes go straight to the vector store (``vector_store.add``), with only the
@@ -58,7 +58,7 @@ __all__ = ["IndexSummary", "index_documents", "index_sources"]
 log = logging.getLogger(__name__)
 
 #: Chunks per ``embed_documents`` call, in units of the embedder's batch size.
-WINDOW_BATCHES = 16
+WINDOW_BATCHES = 8
 #: Embedded nodes are handed to the vector store in groups of at least this many.
 STORE_FLUSH = 8192
 
