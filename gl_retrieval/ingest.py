@@ -213,6 +213,7 @@ def index_sources(
     rebuild: bool = False,
     prune: bool = False,
     show_progress: bool = False,
+    on_handle: Callable[[IndexHandle], None] | None = None,
 ) -> IndexSummary:
     """Index the config's ``sources`` (see :func:`index_documents`)."""
     skipped: list[Skipped] = []
@@ -226,4 +227,5 @@ def index_sources(
         prune=prune,
         show_progress=show_progress,
         skipped=skipped,
+        on_handle=on_handle,
     )
