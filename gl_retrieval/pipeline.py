@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -27,11 +27,12 @@ from gl_retrieval.config import PipelineConfig, load_config, parse_config
 from gl_retrieval.embedders import GLEmbedding, get_embedder
 from gl_retrieval.errors import ConfigError
 from gl_retrieval.filters import parse_filters
-from gl_retrieval.ingest import IndexSummary, index_sources
+from gl_retrieval.ingest import IndexSummary, index_documents, index_sources
 from gl_retrieval.lexical import attach_lexical, lexical_index
 from gl_retrieval.rerankers import CrossEncoderReranker, build_reranker
 from gl_retrieval.results import RankedNode
 from gl_retrieval.retrievers import TwoStageRetriever, build_first_stage
+from gl_retrieval.sources import Document
 from gl_retrieval.storage import IndexHandle, Storage, check_compatible, open_storage
 
 __all__ = ["RetrievalOnlyQueryEngine", "RetrievalPipeline"]
@@ -188,6 +189,41 @@ class RetrievalPipeline:
                 prune=prune,
                 show_progress=show_progress,
                 on_handle=attach_lexical,  # keeps the BM25 side in sync on every commit
+            )
+            self._handle = None
+        return summary
+
+    def index_documents(
+        self,
+        documents: Iterable[Document],
+        *,
+        rebuild: bool = False,
+        prune: bool = False,
+        show_progress: bool = False,
+    ) -> IndexSummary:
+        """Index these documents instead of the config's ``sources`` (same incremental rules).
+
+        Args:
+            documents: The full current set of documents (``prune`` deletes any others).
+            rebuild: Re-embed everything into a fresh index.
+            prune: Remove indexed documents that are not in ``documents``.
+            show_progress: Show a progress bar while embedding.
+
+        Example:
+            >>> from gl_retrieval.sources import Document
+            >>> pipe.index_documents([Document("d1", "BM25 is lexical.")])  # doctest: +SKIP
+        """
+        lock = getattr(self.storage, "write_lock", None)
+        with self._lock, lock() if lock else nullcontext():
+            summary = index_documents(
+                documents,
+                config=self._config,
+                embedder=self.embedder,
+                storage=self.storage,
+                rebuild=rebuild,
+                prune=prune,
+                show_progress=show_progress,
+                on_handle=attach_lexical,
             )
             self._handle = None
         return summary
