@@ -113,6 +113,7 @@ class EvalReport:
             "top_k": self.top_k,
             "gains": self.gains,
             "runs": [r.to_dict() for r in self.runs],
+            "index": self.index,
             "notes": self.notes,
         }
 
