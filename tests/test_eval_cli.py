@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gl_retrieval.cli import app
-from gl_retrieval.config import RetrieverConfig
+from gl_retrieval.config import RerankerConfig, RetrieverConfig
 from gl_retrieval.errors import ConfigError
 from gl_retrieval.eval_runner import evaluate_pipeline, parse_modes
 from gl_retrieval.evaluation import load_beir
@@ -171,3 +171,26 @@ def test_parse_modes() -> None:
     assert named["hybrid:rrf"].fusion == "rrf" and named["hybrid:convex"].alpha == 0.3
     with pytest.raises(ConfigError, match="unknown mode"):
         parse_modes(["colbert"], base)
+
+
+def test_eval_reports_retrieval_and_rerank_stages(cranfield_slice: dict[str, Path]) -> None:
+    from gl_retrieval.config import load_config
+    from gl_retrieval.pipeline import RetrievalPipeline
+    from gl_retrieval.rerankers import build_reranker
+
+    cfg = load_config(cranfield_slice["config"]).model_copy(update={"reranker": RerankerConfig()})
+    assert cfg.reranker is not None
+
+    def reverse_scorer(query: str, passages: list[str]) -> list[float]:
+        return [float(i) for i in range(len(passages))]  # reverses the first stage's order
+
+    pipe = RetrievalPipeline(cfg, reranker=build_reranker(cfg.reranker, scorer=reverse_scorer))
+    report = evaluate_pipeline(pipe, cranfield_slice["data"], top_k=20, latency_queries=2)
+    assert [r.name for r in report.runs] == ["dense", "dense + rerank"]
+    first, reranked = report.runs
+    assert report.primary is reranked and reranked.stage == "rerank"
+    # The reranker reorders all 20 candidates: same recall at 20, worse top of the list.
+    assert reranked.recall_curve[20] == pytest.approx(first.recall_curve[20])
+    assert reranked.metrics["nDCG@10"] < first.metrics["nDCG@10"]
+    assert reranked.latency_ms["p50"] >= first.latency_ms["p50"]
+    assert "| dense + rerank |" in report.markdown()
