@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -48,6 +49,7 @@ Scored = Sequence[tuple[str, float]]
 Normalization = Literal["minmax", "zscore"]
 
 _MASK_CACHE_SIZE = 32
+_mask_lock = threading.Lock()
 
 
 # -- fusion (pure functions on ranked lists) --------------------------------------------------
