@@ -242,6 +242,26 @@ def eval_(
 
 @app.command()
 @handle_errors
+def ask(
+    config: ConfigArg,
+    question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
+    top_n: Annotated[int | None, typer.Option(min=1, help="Sources given to the LLM.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer a question with the config's LLM, from the retrieved sources."""
+    pipe = _pipeline(config)
+    answer = pipe.ask(question, top_n=top_n)
+    if as_json:
+        _print_json(answer.to_dict())
+        return
+    typer.echo(answer.answer)
+    typer.echo("\nsources:")
+    for i, s in enumerate(answer.sources, 1):
+        typer.echo(f"  [{i}] {s.doc_id}  {_snippet(s.node.get_content(), 100)}")
+
+
+@app.command()
+@handle_errors
 def info(config: ConfigArg, as_json: JsonOpt = False) -> None:
     """Show what built the index (manifest) and how big it is. Loads no model."""
     data = _pipeline(config).info()
@@ -286,6 +306,35 @@ def demo(
         typer.echo(f"\n? {q['query']}")
         for i, r in enumerate(q["results"], 1):
             typer.echo(f"  {i}. {r['score']:.3f}  [{r['doc_id']}] {_snippet(r['text'], 110)}")
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+models_app = typer.Typer(
+    help="Fetch the models a config names into the Hugging Face cache, for offline use.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("pull")
+@handle_errors
+def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
+    """Download the config's hub models (embedder, reranker) into the Hugging Face cache.
+
+    Honours HF_HOME / HF_HUB_CACHE. Ollama models print the `ollama pull` command to run;
+    packaged and local models need nothing.
+    """
+    from gl_retrieval.models import configured_models, hf_cache_dir, pull_model
+
+    reports = []
+    for ref in configured_models(load_config(config)):
+        report = pull_model(ref, log=lambda line: typer.echo(line, err=True))
+        reports.append(report)
+        if not as_json:
+            typer.echo(report.line())
+    if as_json:
+        _print_json({"cache": str(hf_cache_dir()), "models": [r.to_dict() for r in reports]})
 
 
 def main() -> None:

@@ -69,7 +69,9 @@ class _EmbedderCommon(_Strict):
 class HuggingFaceEmbedderConfig(_EmbedderCommon):
     """A sentence-transformers bi-encoder from the hub, a local directory or a packaged model."""
 
-    provider: Literal["huggingface"] = "huggingface"
+    provider: Literal["huggingface"] = Field(
+        default="huggingface", description="Run a sentence-transformers model in this process."
+    )
     model: str = Field(
         default="BAAI/bge-base-en-v1.5",
         min_length=1,
@@ -86,8 +88,12 @@ class HuggingFaceEmbedderConfig(_EmbedderCommon):
 class OllamaEmbedderConfig(_EmbedderCommon):
     """An embedding model served by Ollama."""
 
-    provider: Literal["ollama"]
-    model: str = Field(default="nomic-embed-text", min_length=1)
+    provider: Literal["ollama"] = Field(description="Ask an Ollama server for the embeddings.")
+    model: str = Field(
+        default="nomic-embed-text",
+        min_length=1,
+        description="Ollama model name; fetch it with `ollama pull <model>`.",
+    )
     base_url: str | None = Field(
         default=None, description="Server URL; default: $OLLAMA_HOST, else http://localhost:11434."
     )
@@ -97,6 +103,11 @@ class OllamaEmbedderConfig(_EmbedderCommon):
         default=None, gt=0, description="Context length in tokens; chunks must fit in it."
     )
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries on 5xx / resets.")
+    tokenizer: Path | None = Field(
+        default=None,
+        description="Local Hugging Face tokenizer (directory or tokenizer.json) of the model, to "
+        "measure chunks and refuse over-long ones before sending (bert-base-uncased for nomic).",
+    )
 
 
 def _tag(key: str, default: str):
@@ -118,12 +129,18 @@ EmbedderConfig = Annotated[
 class RerankerConfig(_Strict):
     """Cross-encoder second stage: reorders the retrieved candidates down to ``top_n``."""
 
-    model: str = Field(default="BAAI/bge-reranker-base", min_length=1)
+    model: str = Field(
+        default="BAAI/bge-reranker-base",
+        min_length=1,
+        description="Cross-encoder: hub id or local directory (relative to the config file).",
+    )
     top_n: int = Field(default=5, gt=0, description="Results kept after reranking.")
-    device: Device = "auto"
-    batch_size: int = Field(default=32, gt=0, le=4096)
-    max_length: int | None = Field(default=512, gt=0)
-    revision: str | None = None
+    device: Device = Field(default="auto", description="auto picks cuda, then mps, then cpu.")
+    batch_size: int = Field(default=32, gt=0, le=4096, description="Pairs per forward pass.")
+    max_length: int | None = Field(
+        default=512, gt=0, description="Max tokens per query+passage pair; longer ones are cut."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
 
 
 class RetrieverConfig(_Strict):
@@ -164,19 +181,32 @@ class RetrieverConfig(_Strict):
 class EmbeddedStorageConfig(_Strict):
     """The embedded default store: files in one directory, swapped atomically on each index."""
 
-    backend: Literal["embedded"] = "embedded"
-    persist_dir: Path = Field(default=Path(".gl_index/default"))
+    backend: Literal["embedded"] = Field(
+        default="embedded", description="Files on local disk; no server."
+    )
+    persist_dir: Path = Field(
+        default=Path(".gl_index/default"),
+        description="Index directory; relative paths resolve against the config file's folder.",
+    )
 
 
 class PostgresStorageConfig(_Strict):
     """PostgreSQL + pgvector, for many processes or more than one machine."""
 
-    backend: Literal["postgres"]
+    backend: Literal["postgres"] = Field(description="PostgreSQL with the pgvector extension.")
     url: str = Field(min_length=1, description="postgresql://user:password@host:port/db")
-    table: str = Field(default="gl_retrieval", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
-    hnsw_m: int = Field(default=16, gt=1)
-    hnsw_ef_construction: int = Field(default=64, gt=0)
-    hnsw_ef_search: int = Field(default=40, gt=0)
+    table: str = Field(
+        default="gl_retrieval",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,47}$",
+        description="Table name: letters, digits, underscores; at most 48 characters.",
+    )
+    hnsw_m: int = Field(default=16, gt=1, description="HNSW links per node (build time).")
+    hnsw_ef_construction: int = Field(
+        default=64, gt=0, description="HNSW candidate list size while building."
+    )
+    hnsw_ef_search: int = Field(
+        default=40, gt=0, description="HNSW candidate list size per query: recall vs speed."
+    )
 
 
 StorageConfig = Annotated[
@@ -189,15 +219,21 @@ StorageConfig = Annotated[
 class SourceConfig(_Strict):
     """One input: a directory of text files, or a BEIR-layout ``.jsonl`` file."""
 
-    path: Path
+    path: Path = Field(
+        description="A directory or a .jsonl file; relative to the config file's folder."
+    )
     glob: str | None = Field(default=None, description="Directory only: e.g. '**/*.md'.")
 
 
 class ChunkingConfig(_Strict):
     """Chunk sizes, measured in the embedder's own tokenizer."""
 
-    chunk_size: int = Field(default=512, gt=0)
-    chunk_overlap: int = Field(default=64, ge=0)
+    chunk_size: int = Field(
+        default=512, gt=0, description="Tokens per chunk; capped at what the embedder reads."
+    )
+    chunk_overlap: int = Field(
+        default=64, ge=0, description="Tokens shared by neighbouring chunks; < chunk_size."
+    )
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkingConfig:
@@ -212,23 +248,46 @@ class ChunkingConfig(_Strict):
 class OllamaLLMConfig(_Strict):
     """An Ollama chat model that writes an answer from the retrieved sources."""
 
-    provider: Literal["ollama"] = "ollama"
-    model: str = Field(default="llama3.2", min_length=1)
-    base_url: str | None = None
-    timeout_s: float = Field(default=120.0, gt=0)
-    temperature: float = Field(default=0.1, ge=0.0, le=2.0)
+    provider: Literal["ollama"] = Field(default="ollama", description="Only Ollama for now.")
+    model: str = Field(
+        default="llama3.2",
+        min_length=1,
+        description="Ollama chat model; fetch it with `ollama pull <model>`.",
+    )
+    base_url: str | None = Field(
+        default=None, description="Server URL; default: $OLLAMA_HOST, else http://localhost:11434."
+    )
+    timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout in seconds.")
+    temperature: float = Field(
+        default=0.1, ge=0.0, le=2.0, description="Sampling temperature; low keeps answers close."
+    )
 
 
 class PipelineConfig(_Strict):
     """The whole pipeline: embedder → storage → retriever → reranker (→ llm)."""
 
-    embedder: EmbedderConfig = Field(default_factory=HuggingFaceEmbedderConfig)
-    reranker: RerankerConfig | None = None
-    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
-    storage: StorageConfig = Field(default_factory=EmbeddedStorageConfig)
-    sources: tuple[SourceConfig, ...] = ()
-    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
-    llm: OllamaLLMConfig | None = None
+    embedder: EmbedderConfig = Field(
+        default_factory=HuggingFaceEmbedderConfig,
+        description="The bi-encoder that embeds documents and queries.",
+    )
+    reranker: RerankerConfig | None = Field(
+        default=None, description="Optional cross-encoder second stage; none: no reranking."
+    )
+    retriever: RetrieverConfig = Field(
+        default_factory=RetrieverConfig, description="The first stage: dense, bm25 or hybrid."
+    )
+    storage: StorageConfig = Field(
+        default_factory=EmbeddedStorageConfig, description="Where the index and manifest live."
+    )
+    sources: tuple[SourceConfig, ...] = Field(
+        default=(), description="What `index` reads: directories of text files, .jsonl files."
+    )
+    chunking: ChunkingConfig = Field(
+        default_factory=ChunkingConfig, description="How documents are split before embedding."
+    )
+    llm: OllamaLLMConfig | None = Field(
+        default=None, description="Optional answer writer; none: retrieval only, no LLM calls."
+    )
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -263,6 +322,11 @@ class PipelineConfig(_Strict):
         emb = self.embedder
         if isinstance(emb, HuggingFaceEmbedderConfig) and emb.model.startswith((".", "~")):
             update["embedder"] = emb.model_copy(update={"model": str(anchor(Path(emb.model)))})
+        if isinstance(emb, OllamaEmbedderConfig) and emb.tokenizer is not None:
+            update["embedder"] = emb.model_copy(update={"tokenizer": anchor(emb.tokenizer)})
+        rr = self.reranker
+        if rr is not None and rr.model.startswith((".", "~")):
+            update["reranker"] = rr.model_copy(update={"model": str(anchor(Path(rr.model)))})
         return self.model_copy(update=update)
 
 

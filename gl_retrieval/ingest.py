@@ -144,6 +144,9 @@ def index_documents(
     if plan is not None and plan.warning:
         summary.warnings.append(plan.warning)
     nodes = Chunker(plan, embedder).chunk(changed) if plan is not None else []
+    check = getattr(embedder, "check_lengths", None)
+    if nodes and check is not None:  # refuse over-long chunks up front, naming them
+        check([n.text for n in nodes], ids=[n.node_id for n in nodes])
     if nodes:
         vectors = embedder.embed_documents([n.text for n in nodes], show_progress=show_progress)
         if vectors.shape[0] != len(nodes):

@@ -14,18 +14,20 @@ import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.response.schema import Response
 from llama_index.core.callbacks import CallbackManager
+from llama_index.core.llms import LLM
 from llama_index.core.schema import QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from gl_retrieval.config import PipelineConfig, load_config, parse_config
 from gl_retrieval.embedders import GLEmbedding, get_embedder
-from gl_retrieval.errors import ConfigError
+from gl_retrieval.errors import ConfigError, LLMNotConfiguredError
 from gl_retrieval.filters import parse_filters
 from gl_retrieval.ingest import IndexSummary, index_documents, index_sources
 from gl_retrieval.lexical import attach_lexical, lexical_index
@@ -35,21 +37,53 @@ from gl_retrieval.retrievers import TwoStageRetriever, build_first_stage
 from gl_retrieval.sources import Document
 from gl_retrieval.storage import IndexHandle, Storage, check_compatible, open_storage
 
-__all__ = ["RetrievalOnlyQueryEngine", "RetrievalPipeline"]
+__all__ = ["Answer", "RetrievalOnlyQueryEngine", "RetrievalPipeline"]
+
+#: What ``filters=`` accepts: ``MetadataFilters``, strings like ``"ticker=PENDLE"`` or a mapping
+#: (see :func:`gl_retrieval.filters.parse_filters`).
+FiltersArg = MetadataFilters | Mapping[str, Any] | Sequence[str] | str | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An LLM's answer and the sources it was written from."""
+
+    question: str
+    answer: str
+    sources: list[RankedNode]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `ask --json` shape."""
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "sources": [
+                {k: v for k, v in s.to_dict().items() if k in ("id", "doc_id", "text", "score")}
+                for s in self.sources
+            ],
+        }
 
 
 class RetrievalOnlyQueryEngine(BaseQueryEngine):
-    """A query engine that returns the retrieved (and reranked) nodes and never calls an LLM.
+    """A query engine over the two-stage retriever; it calls an LLM only when given one.
 
-    ``response.response`` is ``""``; ``response.source_nodes`` holds the results.
+    Without ``llm``, ``response.response`` is ``""`` and ``response.source_nodes`` holds the
+    results. With one, the response is its answer written from those results.
     """
 
-    def __init__(self, retriever: TwoStageRetriever) -> None:
+    def __init__(self, retriever: TwoStageRetriever, *, llm: LLM | None = None) -> None:
         super().__init__(callback_manager=CallbackManager([]))
         self._retriever = retriever
+        self._llm = llm
 
     def _query(self, query_bundle: QueryBundle) -> Response:
-        return Response(response="", source_nodes=self._retriever.retrieve(query_bundle))
+        nodes = self._retriever.retrieve(query_bundle)
+        if self._llm is None:
+            return Response(response="", source_nodes=nodes)
+        from gl_retrieval.llms import synthesize_answer
+
+        text = synthesize_answer(self._llm, query_bundle.query_str, nodes)
+        return Response(response=text, source_nodes=nodes)
 
     async def _aquery(self, query_bundle: QueryBundle) -> Response:
         return self._query(query_bundle)
@@ -72,8 +106,10 @@ class RetrievalPipeline:
         embedder: GLEmbedding | None = None,
         reranker: CrossEncoderReranker | None = None,
         storage: Storage | None = None,
+        llm: LLM | None = None,
     ) -> None:
         self._config = config
+        self._llm = llm
         self._embedder = embedder
         self._reranker = reranker
         self._storage = storage
@@ -123,6 +159,18 @@ class RetrievalPipeline:
         if self._reranker is None and self._config.reranker is not None:
             self._reranker = build_reranker(self._config.reranker)
         return self._reranker
+
+    @property
+    def llm(self) -> LLM | None:
+        """The answering LLM from the ``llm`` section, or None (retrieval-only)."""
+        if self._llm is None and self._config.llm is not None:
+            from gl_retrieval.llms import build_ollama_llm
+
+            c = self._config.llm
+            self._llm = build_ollama_llm(
+                model=c.model, base_url=c.base_url, timeout_s=c.timeout_s, temperature=c.temperature
+            )
+        return self._llm
 
     @property
     def storage(self) -> Storage:
@@ -233,7 +281,7 @@ class RetrievalPipeline:
     def as_retriever(
         self,
         *,
-        filters: MetadataFilters | Mapping[str, Any] | Sequence[str] | str | None = None,
+        filters: FiltersArg = None,
         top_k: int | None = None,
         top_n: int | None = None,
     ) -> TwoStageRetriever:
@@ -258,7 +306,7 @@ class RetrievalPipeline:
         self,
         query: str,
         *,
-        filters: MetadataFilters | Mapping[str, Any] | Sequence[str] | str | None = None,
+        filters: FiltersArg = None,
         top_k: int | None = None,
         top_n: int | None = None,
     ) -> list[RankedNode]:
@@ -289,10 +337,55 @@ class RetrievalPipeline:
     def as_query_engine(self, **kwargs: Any) -> BaseQueryEngine:
         """A LlamaIndex query engine: retrieval-only, unless the config has an ``llm`` section.
 
-        Retrieval-only engines return the results as ``response.source_nodes`` and never call an
-        LLM (no silent OpenAI fallback).
+        Retrieval-only engines return the results as ``response.source_nodes`` with an empty
+        ``response`` and never call an LLM (no silent OpenAI fallback). With an ``llm`` section
+        the response is the LLM's answer written from those sources.
+
+        Args:
+            **kwargs: ``filters``, ``top_k``, ``top_n`` as for :meth:`retrieve`.
         """
-        return RetrievalOnlyQueryEngine(self.as_retriever(**kwargs))
+        return RetrievalOnlyQueryEngine(self.as_retriever(**kwargs), llm=self.llm)
+
+    def ask(
+        self,
+        question: str,
+        *,
+        filters: FiltersArg = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+    ) -> Answer:
+        """Retrieve (and rerank) sources for ``question`` and have the configured LLM answer.
+
+        Args:
+            question: The question.
+            filters: Metadata filters, as for :meth:`retrieve`.
+            top_k: Candidates to retrieve.
+            top_n: Sources handed to the LLM.
+
+        Returns:
+            An :class:`Answer` with the text and the sources it was written from.
+
+        Raises:
+            LLMNotConfiguredError: the config has no ``llm`` section.
+            OllamaError: the Ollama server is down, lacks the model, or timed out.
+
+        Example:
+            >>> answer = pipe.ask("when should I switch to pgvector?")  # doctest: +SKIP
+            >>> print(answer.answer, [s.doc_id for s in answer.sources])  # doctest: +SKIP
+        """
+        llm = self.llm
+        if llm is None:
+            raise LLMNotConfiguredError(
+                "`ask` needs an LLM, but the config has no `llm` section: add "
+                "`llm: {provider: ollama, model: llama3.2}` (retrieval works without one: "
+                "use `query`)"
+            )
+        from gl_retrieval.llms import synthesize_answer
+
+        sources = self.retrieve(question, filters=filters, top_k=top_k, top_n=top_n)
+        return Answer(
+            question=question, answer=synthesize_answer(llm, question, sources), sources=sources
+        )
 
     def info(self) -> dict[str, Any]:
         """The manifest and counts of the committed index (no model is loaded)."""

@@ -137,9 +137,10 @@ def _load_cross_encoder(
 ) -> Scorer:
     st = require("sentence_transformers", package="sentence-transformers")
     dev = resolve_device(device)
+    path = resolve_model_path(model, revision=revision, role="reranker")
     try:
         ce = st.CrossEncoder(
-            resolve_model_path(model),
+            path,
             device=dev,
             max_length=max_length,
             revision=revision,

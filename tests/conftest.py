@@ -1,14 +1,16 @@
-"""Shared fixtures: the packaged MiniLM (loaded once), a tiny cross-encoder, the Settings tripwire."""
+"""Shared fixtures: packaged MiniLM (loaded once), a tiny cross-encoder, the Settings tripwire."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The loopback Ollama server's fixtures (ollama_server, ollama_server_session, ollama_minilm).
+pytest_plugins = ("tests.ollama_server",)
 
 ROOT = Path(__file__).resolve().parents[1]
 # GL_SHARED_DATA points elsewhere, e.g. from a git worktree that has no shared/ beside it.
@@ -29,6 +31,8 @@ class _Tripwire:
         self.name = name
 
     def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:  # class attribute access (monkeypatch, introspection)
+            return self
         raise AssertionError(f"gl_retrieval read LlamaIndex's global Settings.{self.name}")
 
     def __set__(self, obj: Any, value: Any) -> None:
@@ -65,26 +69,9 @@ def minilm_embedder() -> Any:
 def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
     """A tiny randomly initialised BertForSequenceClassification(num_labels=1) saved to disk
     with the packaged MiniLM's tokenizer: the real CrossEncoder loading path, meaningless scores."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from gl_retrieval.testing import make_tiny_cross_encoder
 
-    out = tmp_path_factory.mktemp("tiny-cross-encoder")
-    torch.manual_seed(0)
-    vocab = sum(1 for _ in open(minilm_path / "vocab.txt", encoding="utf-8"))
-    cfg = BertConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-    )
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (minilm_path / name).exists():
-            shutil.copy(minilm_path / name, out / name)
-    return out
+    return make_tiny_cross_encoder(tmp_path_factory.mktemp("tiny") / "tiny-cross-encoder")
 
 
 def write_corpus(path: Path, docs: list[dict[str, Any]]) -> Path:

@@ -103,14 +103,14 @@ def test_mismatched_model_is_refused(small_config: dict[str, Any], tmp_path: Pat
     manifest["embedder"]["model"] = "BAAI/bge-base-en-v1.5"
     manifest["embedder"]["dimension"] = 768
     (gen / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexMismatchError, match="'BAAI/bge-base-en-v1.5'.*config has"):
+    with pytest.raises(IndexMismatchError, match=r"'BAAI/bge-base-en-v1\.5'.*config has"):
         RetrievalPipeline.from_config(small_config).retrieve("x")
 
 
 def test_rebuild_replaces_an_index_built_differently(small_config: dict[str, Any]) -> None:
     RetrievalPipeline.from_config(small_config).index()
     other = {**small_config, "chunking": {"chunk_size": 100, "chunk_overlap": 10}}
-    with pytest.raises(IndexMismatchError, match="chunking.chunk_size"):
+    with pytest.raises(IndexMismatchError, match=r"chunking\.chunk_size"):
         RetrievalPipeline.from_config(other).index()
     summary = RetrievalPipeline.from_config(other).index(rebuild=True)
     assert summary.chunks_embedded == 5

@@ -57,6 +57,7 @@ def _build_ollama(cfg: OllamaEmbedderConfig) -> GLEmbedding:
         batch_size=cfg.batch_size,
         normalize=cfg.normalize,
         max_retries=cfg.max_retries,
+        tokenizer=cfg.tokenizer,
         query_prefix=p.query,
         document_prefix=p.document,
     )

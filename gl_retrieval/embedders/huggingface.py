@@ -34,7 +34,7 @@ def load_sentence_transformer(
         ModelLoadError: the model is not cached and the hub is unreachable, or the path is bad.
     """
     st = require("sentence_transformers", package="sentence-transformers")
-    path = resolve_model_path(model)
+    path = resolve_model_path(model, revision=revision, role=role)
     dev = resolve_device(device)
     try:
         m = st.SentenceTransformer(path, device=dev, revision=revision, trust_remote_code=False)
