@@ -115,7 +115,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
     ann_exact_below: float = Field(default=0.1, ge=0.0, le=1.0)
     hnsw_m: int = Field(default=16, gt=1)
     hnsw_ef_construction: int = Field(default=100, gt=0)
-    hnsw_ef_search: int = Field(default=64, gt=0)
+    hnsw_ef_search: int = Field(default=128, gt=0)
 
     _vectors: VectorRows = PrivateAttr(default_factory=VectorRows)
     _ids: list[str] = PrivateAttr(default_factory=list)
