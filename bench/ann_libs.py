@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store import K, make_corpus
 
 BUILD_THREADS = 2
+EFS = (64, 128, 256)
 
 
 def measure(
@@ -64,6 +65,11 @@ def main() -> None:
     p.add_argument("--size", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument(
+        "--methods",
+        default="hnswlib,usearch,faiss-hnsw,faiss-ivf",
+        help="which indexes to build besides exact (comma-separated)",
+    )
     args = p.parse_args()
 
     import faiss
@@ -131,16 +137,21 @@ def main() -> None:
 
         return search
 
-    for label, build, variants in [
-        ("hnswlib M16", hnswlib_build, [(f"ef{e}", hnswlib_search(e)) for e in (64, 128)]),
-        ("usearch M16", usearch_build, [(f"ef{e}", usearch_search(e)) for e in (64, 128)]),
-        ("faiss HNSW16", faiss_hnsw_build, [(f"ef{e}", faiss_search(ef=e)) for e in (64, 128)]),
-        (
+    methods = {
+        "hnswlib": ("hnswlib M16", hnswlib_build, [(f"ef{e}", hnswlib_search(e)) for e in EFS]),
+        "usearch": ("usearch M16", usearch_build, [(f"ef{e}", usearch_search(e)) for e in EFS]),
+        "faiss-hnsw": (
+            "faiss HNSW16",
+            faiss_hnsw_build,
+            [(f"ef{e}", faiss_search(ef=e)) for e in EFS],
+        ),
+        "faiss-ivf": (
             f"faiss IVF{nlist}",
             faiss_ivf_build,
-            [(f"nprobe{p}", faiss_search(nprobe=p)) for p in (8, 32)],
+            [(f"nprobe{p}", faiss_search(nprobe=p)) for p in (8, 32, 64)],
         ),
-    ]:
+    }
+    for label, build, variants in (methods[m] for m in args.methods.split(",")):
         t = time.perf_counter()
         index = build()
         build_s: float | None = time.perf_counter() - t
@@ -148,7 +159,8 @@ def main() -> None:
             rows.append(measure(f"{label} {variant}", index, search, queries, gt, build_s=build_s))
             build_s = None  # the next variant searches the same index
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ann_libs.json").write_text(json.dumps({"size": n, "results": rows}, indent=2))
+    out = args.out / f"ann_libs_{n}.json"
+    out.write_text(json.dumps({"size": n, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from gl_retrieval.eval_plot import plot_reports  # noqa: E402
 from gl_retrieval.eval_runner import EvalReport, evaluate_pipeline, write_report  # noqa: E402
 
@@ -50,6 +52,27 @@ def table(reports: Sequence[EvalReport]) -> str:
     return "\n".join(lines)
 
 
+def latency_table(names: Sequence[str], data: Path, *, n: int = 100) -> str:
+    """p50/p95 of the full single-query path per dataset and mode, as `eval` measures it."""
+    from gl_retrieval.eval_runner import _time_single_queries, parse_modes
+    from gl_retrieval.evaluation import load_beir
+    from gl_retrieval.pipeline import RetrievalPipeline
+    from gl_retrieval.retrievers import build_first_stage
+
+    lines = ["| dataset | run | p50 ms | p95 ms |", "|---|---|---:|---:|"]
+    for name in names:
+        pipe = RetrievalPipeline.from_config(ROOT / "bench" / "configs" / f"{name}.yaml").warmup()
+        texts = list(load_beir(data / name, split=DATASETS[name], gains="auto").queries.values())
+        handle = pipe._load_handle()
+        for mode, cfg in parse_modes(MODES, pipe.config.retriever):
+            first = build_first_stage(handle, cfg, top_k=100)
+            first.retrieve(texts[0])  # warm caches (BM25 side, node metadata)
+            ms, _ = _time_single_queries(first, None, texts[:n], k=100)
+            p50, p95 = np.percentile(ms, [50, 95])
+            lines.append(f"| {name} | {LABELS[mode]} | {p50:.1f} | {p95:.1f} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -58,10 +81,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--plot", type=Path, default=None, help="combined PNG, e.g. docs/benchmarks.png"
     )
     ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (1 avoids thread contention on a busy shared machine)",
+    )
+    ap.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only time the single-query path of each mode (first 100 queries)",
+    )
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    if args.latency_only:
+        print(latency_table(names, args.data))
+        return 0
 
     reports = []
-    for name in [n.strip() for n in args.datasets.split(",") if n.strip()]:
+    for name in names:
         report = evaluate_pipeline(
             ROOT / "bench" / "configs" / f"{name}.yaml",
             args.data / name,

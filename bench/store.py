@@ -148,6 +148,7 @@ class Embedded:
 
         self.cls = EmbeddedVectorStore  # imported here so reload times exclude imports
         self.settings = {"ann": "hnsw", "ann_min_rows": 1} if ann else {}
+        self.sweep = {"hnsw_ef_search": [64, 128, 256]} if ann else {}
 
     def build(self, batches: Iterator[list[Any]], path: Path) -> dict[str, float]:
         store = self.cls(**self.settings)
@@ -159,8 +160,8 @@ class Embedded:
         store.persist(str(path))
         return {"add_s": add_s, "persist_s": time.perf_counter() - t}
 
-    def load(self, path: Path) -> Any:
-        return self.cls.from_persist_path(str(path))
+    def load(self, path: Path, **overrides: Any) -> Any:
+        return self.cls.from_persist_path(str(path), **overrides)
 
     query = staticmethod(_llama_query)
 
@@ -286,7 +287,21 @@ def child_query(backend: Any, work: Path, out: Path) -> dict[str, Any]:
             ftimes.append(time.perf_counter() - t)
         result[f"{name}_first_ms"] = ftimes[0] * 1e3
         result[f"{name}_p50_ms"] = float(np.percentile(ftimes[1:], 50)) * 1e3
-    return {**result, "query_rss_mb": _rss_mb(), "base_mb": base}
+    result["query_rss_mb"], result["base_mb"] = _rss_mb(), base
+    # the tuning curve: reload with each setting, p50 and recall (after the RSS is taken)
+    for name, values in getattr(backend, "sweep", {}).items():
+        result["sweep"] = []
+        for value in values:
+            handle = backend.load(out, **{name: value})
+            ts, rs = [], []
+            for q, truth in zip(queries, gt, strict=True):
+                t = time.perf_counter()
+                ids = backend.query(handle, q, None)
+                ts.append(time.perf_counter() - t)
+                rs.append(len({int(i[1:]) for i in ids} & set(truth.tolist())) / K)
+            p50, recall = float(np.percentile(ts[1:], 50)) * 1e3, float(np.mean(rs))
+            result["sweep"].append({name: value, "p50_ms": p50, "recall@10": recall})
+    return result
 
 
 def run_child(

@@ -65,7 +65,7 @@ class Column:
     vocab: list[str]
 
 
-def build_column(key: str, metadata: Sequence[dict[str, Any]]) -> Column:
+def build_column(key: str, *, metadata: Sequence[dict[str, Any]]) -> Column:
     """Build the columnar view of ``key`` from every row's metadata dict."""
     values = [m.get(key) for m in metadata]
     n = len(values)
