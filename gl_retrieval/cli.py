@@ -122,11 +122,24 @@ def index(
     prune: Annotated[bool, typer.Option(help="Remove documents gone from the sources.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Index the config's sources: embeds only new or changed documents."""
+    """Index the config's sources: embeds only new or changed documents.
+
+    stdout carries only the result (the summary line, or the JSON); progress, warnings and the
+    names of skipped documents go to stderr.
+    """
+    import logging
+
     pipe = _pipeline(config)
-    summary = pipe.index(rebuild=rebuild, prune=prune, show_progress=not as_json)
-    for w in summary.warnings:
-        typer.echo(f"warning: {w}", err=True)
+    # The library logs its warnings (e.g. a capped chunk_size); show each once, on stderr.
+    warn = logging.StreamHandler(sys.stderr)
+    warn.setLevel(logging.WARNING)
+    warn.setFormatter(logging.Formatter("warning: %(message)s"))
+    lib_log = logging.getLogger("gl_retrieval")
+    lib_log.addHandler(warn)
+    try:
+        summary = pipe.index(rebuild=rebuild, prune=prune, show_progress=not as_json)
+    finally:
+        lib_log.removeHandler(warn)
     for s in summary.skipped:
         typer.echo(f"skipped: {s.name}: {s.reason}", err=True)
     if as_json:
@@ -142,15 +155,102 @@ def query(
     text: Annotated[str, typer.Argument(help="The query.", show_default=False)],
     top_n: Annotated[int | None, typer.Option(min=1, help="Results to show.")] = None,
     top_k: Annotated[int | None, typer.Option(min=1, help="Candidates to retrieve.")] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="Metadata filter, repeatable (all must hold): key=value, key!=value, "
+            "key<value (<=, >, >=; numbers or ISO dates), 'key in a,b', 'key not in a,b'.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Retrieve (and rerank) the best chunks for a query."""
+    from gl_retrieval.filters import parse_filters
+
+    parsed = parse_filters(filters or None)  # a bad filter fails before any model loads
     pipe = _pipeline(config)
-    results = pipe.retrieve(text, top_k=top_k, top_n=top_n)
+    results = pipe.retrieve(text, top_k=top_k, top_n=top_n, filters=parsed)
     if as_json:
-        _print_json({"query": text, "results": [r.to_dict() for r in results]})
+        payload: dict[str, Any] = {"query": text}
+        if filters:
+            payload["filters"] = list(filters)
+        _print_json({**payload, "results": [r.to_dict() for r in results]})
     else:
         _print_results(results)
+
+
+@app.command(name="eval")
+@handle_errors
+def eval_(
+    config: ConfigArg,
+    dataset: Annotated[
+        Path,
+        typer.Option(
+            help="BEIR-layout directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.",
+            show_default=False,
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="Which qrels/<split>.tsv to score.")] = "test",
+    modes: Annotated[
+        str | None,
+        typer.Option(
+            help="Retriever modes to compare on one index, comma-separated: dense, bm25, "
+            "hybrid (the config's fusion), hybrid:rrf, hybrid:convex. Default: the config's.",
+            show_default=False,
+        ),
+    ] = None,
+    gains: Annotated[
+        str,
+        typer.Option(
+            help="auto: a dataset's documented preset (Cranfield: 5 - code), else raw scores; "
+            "raw: qrels scores as gains; or a preset name."
+        ),
+    ] = "auto",
+    top_k: Annotated[
+        int | None,
+        typer.Option(min=1, help="Chunks per query; default max(100, retriever.top_k)."),
+    ] = None,
+    latency_queries: Annotated[
+        int, typer.Option(min=1, help="Queries timed on the full single-query path.")
+    ] = 100,
+    rebuild: Annotated[
+        bool, typer.Option(help="Re-embed the corpus into a fresh index at the storage.")
+    ] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write report.md, report.json and report.png here.", show_default=False),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index a BEIR dataset with the config and score nDCG@10, MRR@10, Recall@10/100, latency.
+
+    The dataset supplies the corpus (the config's sources are ignored); the stored index is
+    reused when it already holds that corpus, so comparing modes embeds it once.
+    """
+    from gl_retrieval.eval_runner import evaluate_pipeline, write_report
+
+    pipe = _pipeline(config)
+    result = evaluate_pipeline(
+        pipe,
+        dataset,
+        split=split,
+        gains=gains,
+        modes=modes,
+        top_k=top_k,
+        latency_queries=latency_queries,
+        rebuild=rebuild,
+        progress=lambda msg: typer.echo(msg, err=True),
+        show_progress=not as_json,
+    )
+    if report is not None:
+        for path in write_report(result, report):
+            typer.echo(f"wrote {path}", err=True)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    typer.echo(result.markdown())
 
 
 @app.command()

@@ -144,7 +144,13 @@ class RerankerConfig(_Strict):
 
 
 class RetrieverConfig(_Strict):
-    """First stage: how many candidates, and how they are found."""
+    """First stage: how many candidates, and how they are found.
+
+    ``hybrid`` fuses BM25 and dense results without any LLM. The defaults (convex, alpha=0.6,
+    zscore, candidate_k=300) were tuned on SciFact (train), Cranfield and CISI with
+    all-MiniLM-L6-v2 and hold up leave-one-dataset-out (see docs/benchmarks.md and
+    bench/tune_hybrid.py).
+    """
 
     top_k: int = Field(default=20, gt=0, le=10_000, description="Candidates retrieved.")
     mode: Literal["dense", "bm25", "hybrid"] = Field(
@@ -156,14 +162,19 @@ class RetrieverConfig(_Strict):
         "combination of normalised scores.",
     )
     alpha: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="hybrid/convex: weight of the dense score."
+        default=0.6, ge=0.0, le=1.0, description="hybrid/convex: weight of the dense score."
+    )
+    normalization: Literal["minmax", "zscore"] = Field(
+        default="zscore",
+        description="hybrid/convex: how each retriever's scores are put on one scale before "
+        "mixing (over its own candidates).",
     )
     rrf_k: int = Field(default=60, gt=0, description="hybrid/rrf: the k in 1/(k + rank).")
     candidate_k: int | None = Field(
-        default=None,
+        default=300,
         gt=0,
-        description="hybrid: depth each retriever contributes before fusion; "
-        "default: max(top_k, 100).",
+        description="hybrid: depth each retriever contributes before fusion (at least top_k); "
+        "None: max(top_k, 100).",
     )
 
 

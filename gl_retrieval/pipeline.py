@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,16 +28,20 @@ from llama_index.core.vector_stores.types import MetadataFilters
 from gl_retrieval.config import PipelineConfig, load_config, parse_config
 from gl_retrieval.embedders import GLEmbedding, get_embedder
 from gl_retrieval.errors import ConfigError, LLMNotConfiguredError
-from gl_retrieval.ingest import IndexSummary, index_sources
+from gl_retrieval.filters import parse_filters
+from gl_retrieval.ingest import IndexSummary, index_documents, index_sources
+from gl_retrieval.lexical import attach_lexical, lexical_index
 from gl_retrieval.rerankers import CrossEncoderReranker, build_reranker
 from gl_retrieval.results import RankedNode
 from gl_retrieval.retrievers import TwoStageRetriever, build_first_stage
+from gl_retrieval.sources import Document
 from gl_retrieval.storage import IndexHandle, Storage, check_compatible, open_storage
 
 __all__ = ["Answer", "RetrievalOnlyQueryEngine", "RetrievalPipeline"]
 
-#: What ``filters=`` accepts (see :func:`gl_retrieval.retrievers.build_first_stage`).
-FiltersArg = MetadataFilters | None
+#: What ``filters=`` accepts: ``MetadataFilters``, strings like ``"ticker=PENDLE"`` or a mapping
+#: (see :func:`gl_retrieval.filters.parse_filters`).
+FiltersArg = MetadataFilters | Mapping[str, Any] | Sequence[str] | str | None
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,9 @@ class RetrievalPipeline:
         self.embedder.warmup()
         if self.reranker is not None:
             self.reranker.warmup()
-        self._load_handle()
+        handle = self._load_handle()
+        if self._config.retriever.mode != "dense":
+            lexical_index(handle)
         return self
 
     def reload(self) -> None:
@@ -230,6 +236,42 @@ class RetrievalPipeline:
                 rebuild=rebuild,
                 prune=prune,
                 show_progress=show_progress,
+                on_handle=attach_lexical,  # keeps the BM25 side in sync on every commit
+            )
+            self._handle = None
+        return summary
+
+    def index_documents(
+        self,
+        documents: Iterable[Document],
+        *,
+        rebuild: bool = False,
+        prune: bool = False,
+        show_progress: bool = False,
+    ) -> IndexSummary:
+        """Index these documents instead of the config's ``sources`` (same incremental rules).
+
+        Args:
+            documents: The full current set of documents (``prune`` deletes any others).
+            rebuild: Re-embed everything into a fresh index.
+            prune: Remove indexed documents that are not in ``documents``.
+            show_progress: Show a progress bar while embedding.
+
+        Example:
+            >>> from gl_retrieval.sources import Document
+            >>> pipe.index_documents([Document("d1", "BM25 is lexical.")])  # doctest: +SKIP
+        """
+        lock = getattr(self.storage, "write_lock", None)
+        with self._lock, lock() if lock else nullcontext():
+            summary = index_documents(
+                documents,
+                config=self._config,
+                embedder=self.embedder,
+                storage=self.storage,
+                rebuild=rebuild,
+                prune=prune,
+                show_progress=show_progress,
+                on_handle=attach_lexical,
             )
             self._handle = None
         return summary
@@ -239,29 +281,32 @@ class RetrievalPipeline:
     def as_retriever(
         self,
         *,
-        filters: MetadataFilters | None = None,
+        filters: FiltersArg = None,
         top_k: int | None = None,
         top_n: int | None = None,
     ) -> TwoStageRetriever:
         """A LlamaIndex retriever: first stage ``top_k``, then the reranker (if any) to ``top_n``.
 
         Args:
-            filters: Metadata filters applied before ``top_k`` is taken.
+            filters: Metadata filters applied before ``top_k`` is taken, in every mode:
+                ``MetadataFilters``, strings like ``["ticker=PENDLE", "date<2026-01-01"]`` or
+                a mapping like ``{"ticker": "PENDLE"}`` (see :mod:`gl_retrieval.filters`).
             top_k: Candidates to retrieve; default ``retriever.top_k``.
             top_n: Results to return; default ``reranker.top_n`` (or all ``top_k`` without one).
         """
         k = top_k or self._config.retriever.top_k
         if top_n is not None and top_n <= 0:
             raise ValueError(f"top_n must be > 0, but got {top_n}")
+        parsed = parse_filters(filters)
         handle = self._load_handle()
-        first = build_first_stage(handle, self._config.retriever, top_k=k, filters=filters)
+        first = build_first_stage(handle, self._config.retriever, top_k=k, filters=parsed)
         return TwoStageRetriever(first, reranker=self.reranker, top_n=top_n)
 
     def retrieve(
         self,
         query: str,
         *,
-        filters: MetadataFilters | None = None,
+        filters: FiltersArg = None,
         top_k: int | None = None,
         top_n: int | None = None,
     ) -> list[RankedNode]:
@@ -269,7 +314,8 @@ class RetrievalPipeline:
 
         Args:
             query: The query text (the embedder's query prefix is added for you).
-            filters: Metadata filters applied before ``top_k`` is taken.
+            filters: Metadata filters applied before ``top_k`` is taken, in every mode (see
+                :meth:`as_retriever`); e.g. ``["ticker=PENDLE", "date<2026-01-01"]``.
             top_k: Candidates to retrieve; default ``retriever.top_k``.
             top_n: Results to return; default ``reranker.top_n`` (or ``top_k`` without one).
 
@@ -279,6 +325,7 @@ class RetrievalPipeline:
         Example:
             >>> hits = pipe.retrieve("what is reciprocal rank fusion?", top_n=3)  # doctest: +SKIP
             >>> [h.doc_id for h in hits]  # doctest: +SKIP
+            >>> pipe.retrieve("upgrade", filters=["ticker=PENDLE"])  # doctest: +SKIP
         """
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"query must be a non-empty string, but got {query!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 pytest_plugins = ("tests.ollama_server",)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# GL_SHARED_DATA points elsewhere, e.g. from a git worktree that has no shared/ beside it.
+SHARED_DATA = Path(os.environ.get("GL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 MINILM = "packaged:all-MiniLM-L6-v2"
 
 

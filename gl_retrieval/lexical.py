@@ -1,0 +1,322 @@
+"""The lexical (BM25) side of an index: built from the chunk texts, persisted with the index.
+
+:class:`LexicalIndex` wraps ``bm25s`` with a fixed, recorded analyser (lowercase, word tokens of
+two or more characters, Lucene's English stopwords, Snowball English stemming via PyStemmer).
+It is rebuilt from every stored chunk whenever an ``index`` run commits a change
+(:func:`attach_lexical`), and written into the generation directory beside the vector store:
+``bm25/`` holds bm25s's own files (``.npy`` arrays and JSON, saved with ``allow_pickle=False``)
+plus ``gl_bm25.json`` (the analyser, the BM25 parameters and the chunk ids in row order). No
+pickle anywhere. :func:`lexical_index` loads it with the index, or rebuilds it in memory when an
+index was committed without one (or by another analyser version).
+
+:func:`iter_chunks` is the one place that reads chunks back from an index, so it works whether
+the vector store keeps the text (``stores_text=True``, ``get_nodes()``) or the docstore does.
+
+Example:
+    >>> lx = LexicalIndex.build([("a#0", "BM25 ranks by term frequency"), ("b#0", "dense vectors")])
+    >>> [(node_id, round(score, 3)) for node_id, score in lx.top_k("ranking terms", k=5)]
+    [('a#0', 0.482)]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from llama_index.core.schema import BaseNode, MetadataMode
+
+from gl_retrieval._deps import require
+from gl_retrieval.errors import StorageError
+from gl_retrieval.storage import IndexHandle
+
+__all__ = [
+    "ANALYZER",
+    "LexicalIndex",
+    "analyze",
+    "attach_lexical",
+    "chunk_ids",
+    "chunk_metadata",
+    "iter_chunks",
+    "lexical_index",
+]
+
+log = logging.getLogger(__name__)
+
+LEXICAL_DIR: Final = "bm25"
+META_FILE: Final = "gl_bm25.json"
+FORMAT: Final = 1
+#: The analyser, recorded with every persisted BM25 side; a different one forces a rebuild.
+ANALYZER: Final[dict[str, Any]] = {
+    "pattern": r"(?u)\b\w\w+\b",
+    "lowercase": True,
+    "stopwords": "lucene-en",
+    "stemmer": "snowball-english",
+}
+#: BM25 parameters (bm25s's Lucene variant with its defaults).
+BM25_PARAMS: Final[dict[str, Any]] = {"method": "lucene", "k1": 1.5, "b": 0.75}
+
+_TOKEN = re.compile(ANALYZER["pattern"])
+_state_lock = threading.Lock()
+_analyzer_lock = threading.Lock()
+_stem_cache: dict[str, str] = {}
+_stemmer: Any = None
+_stopwords: frozenset[str] | None = None
+
+
+# -- analysis ---------------------------------------------------------------------------------
+
+
+def _tools() -> tuple[Any, frozenset[str]]:
+    global _stemmer, _stopwords
+    if _stemmer is None:
+        with _analyzer_lock:
+            if _stemmer is None:
+                stemmer_mod = require("Stemmer", package="PyStemmer")
+                _stopwords = frozenset(require("bm25s.stopwords", package="bm25s").STOPWORDS_EN)
+                _stemmer = stemmer_mod.Stemmer("english")
+    return _stemmer, _stopwords  # type: ignore[return-value]
+
+
+def analyze(text: str) -> list[str]:
+    """The BM25 terms of ``text``: lowercased, stopwords dropped, stemmed.
+
+    Example:
+        >>> analyze("The Rankings of documents")
+        ['rank', 'document']
+    """
+    stemmer, stopwords = _tools()
+    words = [w for w in _TOKEN.findall(text.lower()) if w not in stopwords]
+    unknown = [w for w in set(words) if w not in _stem_cache]
+    if unknown:
+        with _analyzer_lock:  # PyStemmer objects are not thread-safe
+            for w, s in zip(unknown, stemmer.stemWords(unknown), strict=True):
+                _stem_cache[w] = s
+    return [_stem_cache[w] for w in words]
+
+
+# -- the index --------------------------------------------------------------------------------
+
+
+class LexicalIndex:
+    """BM25 over a fixed list of chunks (``node_ids``, in row order)."""
+
+    def __init__(self, node_ids: Sequence[str], bm25: Any) -> None:
+        self.node_ids: list[str] = list(node_ids)
+        self._bm25 = bm25
+        self._row = {nid: i for i, nid in enumerate(self.node_ids)}
+
+    def __len__(self) -> int:
+        return len(self.node_ids)
+
+    @classmethod
+    def build(cls, chunks: Iterable[tuple[str, str]]) -> LexicalIndex:
+        """Index ``(node_id, text)`` pairs.
+
+        Example:
+            >>> len(LexicalIndex.build([("a#0", "one text"), ("b#0", "another")]))
+            2
+        """
+        bm25s = require("bm25s")
+        ids: list[str] = []
+        tokens: list[list[str]] = []
+        for node_id, text in chunks:
+            ids.append(node_id)
+            tokens.append(analyze(text))
+        bm25 = bm25s.BM25(**BM25_PARAMS)
+        if ids:
+            bm25.index(tokens, show_progress=False)
+        return cls(ids, bm25)
+
+    def row(self, node_id: str) -> int | None:
+        """Row of ``node_id`` in :meth:`scores`, or None when it is not indexed."""
+        return self._row.get(node_id)
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every chunk for ``query`` (row order of ``node_ids``)."""
+        if not self.node_ids:
+            return np.zeros(0, dtype=np.float32)
+        ids = self._bm25.get_tokens_ids(analyze(query))
+        if not ids:
+            return np.zeros(len(self.node_ids), dtype=np.float32)
+        return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
+
+    def top_k(
+        self, query: str, *, k: int, mask: np.ndarray | None = None
+    ) -> list[tuple[str, float]]:
+        """The ``k`` best chunks with a positive score, best first; ``mask`` restricts the rows.
+
+        Masking happens before the top ``k`` is taken, so a filter never starves the result.
+        Ties are broken by row order, so results are deterministic.
+        """
+        scores = self.scores(query)
+        if mask is not None:
+            scores = np.where(mask, scores, 0.0)
+        positive = np.flatnonzero(scores > 0)
+        if positive.size == 0:
+            return []
+        if positive.size > k:
+            part = np.argpartition(-scores[positive], k - 1)[:k]
+            positive = positive[part]
+        order = positive[np.lexsort((positive, -scores[positive]))]
+        return [(self.node_ids[i], float(scores[i])) for i in order]
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write into ``directory/bm25/`` (JSON and ``.npy`` arrays only, no pickle)."""
+        out = Path(directory) / LEXICAL_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        if self.node_ids:
+            self._bm25.save(str(out), corpus=None, allow_pickle=False)
+        meta = {
+            "format": FORMAT,
+            "analyzer": ANALYZER,
+            "bm25": BM25_PARAMS,
+            "node_ids": self.node_ids,
+        }
+        (out / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> LexicalIndex | None:
+        """Load from ``directory/bm25/``; None when absent or built by another analyser."""
+        src = Path(directory) / LEXICAL_DIR
+        try:
+            meta = json.loads((src / META_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise StorageError(f"cannot read the BM25 side at {src}: {e}") from None
+        if (
+            meta.get("format") != FORMAT
+            or meta.get("analyzer") != ANALYZER
+            or meta.get("bm25") != BM25_PARAMS
+        ):
+            return None
+        bm25s = require("bm25s")
+        node_ids = meta["node_ids"]
+        if not node_ids:
+            return cls([], bm25s.BM25(**BM25_PARAMS))
+        bm25 = bm25s.BM25.load(str(src), load_corpus=False, mmap=False, allow_pickle=False)
+        return cls(node_ids, bm25)
+
+
+# -- reading chunks back from an index --------------------------------------------------------
+
+
+def chunk_ids(handle: IndexHandle) -> list[str]:
+    """Ids of every chunk in the index, in document order."""
+    return [nid for rec in handle.documents.values() for nid in rec.nodes]
+
+
+def iter_chunks(
+    handle: IndexHandle, node_ids: Sequence[str] | None = None, *, batch: int = 1000
+) -> Iterator[BaseNode]:
+    """Yield the chunks (nodes with text and metadata) of ``handle``, in ``node_ids`` order.
+
+    Reads from the vector store when it keeps the text (``stores_text``), else from the
+    docstore, so it works across vector-store backends.
+
+    Args:
+        handle: A loaded (or freshly updated) index.
+        node_ids: Which chunks; default all (:func:`chunk_ids`).
+        batch: How many nodes to fetch per store call.
+    """
+    ids = chunk_ids(handle) if node_ids is None else list(node_ids)
+    store = handle.vector_store
+    from_vector_store = bool(getattr(store, "stores_text", False))
+    for start in range(0, len(ids), batch):
+        part = ids[start : start + batch]
+        if from_vector_store:
+            got = {n.node_id: n for n in store.get_nodes(node_ids=part)}
+        else:
+            got = {n.node_id: n for n in handle.storage_context.docstore.get_nodes(part)}
+        for nid in part:
+            node = got.get(nid)
+            if node is None:
+                raise StorageError(f"chunk {nid!r} is listed in the index but not stored")
+            yield node
+
+
+def chunk_metadata(handle: IndexHandle) -> dict[str, dict[str, Any]]:
+    """node id -> metadata of every chunk, read once per loaded index and cached on it."""
+    cached = handle.extras.get("gl_chunk_metadata")
+    if cached is None:
+        with _state_lock:
+            cached = handle.extras.get("gl_chunk_metadata")
+            if cached is None:
+                cached = {n.node_id: dict(n.metadata) for n in iter_chunks(handle)}
+                handle.extras["gl_chunk_metadata"] = cached
+    return cached
+
+
+def _build_from_handle(handle: IndexHandle) -> LexicalIndex:
+    return LexicalIndex.build(
+        (n.node_id, n.get_content(metadata_mode=MetadataMode.NONE)) for n in iter_chunks(handle)
+    )
+
+
+def attach_lexical(handle: IndexHandle) -> None:
+    """Rebuild the BM25 side from all chunks of ``handle`` and persist it on the next commit.
+
+    Pass it as ``on_handle`` to :func:`gl_retrieval.ingest.index_documents`: it runs only when
+    an ``index`` run changed something (a no-change run commits nothing and costs nothing).
+    """
+    t0 = time.perf_counter()
+    lexical = _build_from_handle(handle)
+    log.info("BM25 side rebuilt over %d chunks in %.2fs", len(lexical), time.perf_counter() - t0)
+    handle.extras["gl_lexical"] = lexical
+    handle.extras.pop("gl_chunk_metadata", None)
+    hooks = [h for h in handle.extras.get("persist_hooks", ()) if not _is_ours(h)]
+    handle.extras["persist_hooks"] = [*hooks, _PersistBM25(lexical)]
+
+
+class _PersistBM25:
+    """The persist hook: writes the BM25 side into the new generation directory."""
+
+    def __init__(self, lexical: LexicalIndex) -> None:
+        self.lexical = lexical
+
+    def __call__(self, directory: Path) -> None:
+        self.lexical.save(Path(directory))
+
+
+def _is_ours(hook: Any) -> bool:
+    return isinstance(hook, _PersistBM25)
+
+
+def lexical_index(handle: IndexHandle) -> LexicalIndex:
+    """The BM25 side of a loaded index: from its generation directory, else built in memory.
+
+    Cached on the handle, so it loads once per loaded index.
+    """
+    cached = handle.extras.get("gl_lexical")
+    if cached is not None:
+        return cached
+    with _state_lock:
+        cached = handle.extras.get("gl_lexical")
+        if cached is not None:
+            return cached
+        expected = chunk_ids(handle)
+        directory = handle.extras.get("dir")
+        lexical = LexicalIndex.load(Path(directory)) if directory else None
+        if lexical is not None and sorted(lexical.node_ids) != sorted(expected):
+            lexical = None  # written by an older commit path; never trust a stale side
+        if lexical is None:
+            t0 = time.perf_counter()
+            lexical = _build_from_handle(handle)
+            log.warning(
+                "the index at %s has no up-to-date BM25 side; built it in memory over %d chunks "
+                "in %.1fs (the next `index` run that changes something persists it)",
+                directory or "(not persisted)",
+                len(lexical),
+                time.perf_counter() - t0,
+            )
+        handle.extras["gl_lexical"] = lexical
+        return lexical
