@@ -1,9 +1,10 @@
 """Benchmark the Postgres + pgvector backend: commit, reload, latency, recall, disk, server RSS.
 
-Same synthetic data as ``bench/store.py``: normalised 384-d float32 vectors drawn around random
-cluster centres (~50 chunks per centre), ~200-character texts, metadata ``category`` (10 values),
-``bucket`` (100 ints) and ``date``; 8 chunks per document. Ground truth: exact top 10 by inner
-product (numpy brute force), also under each filter.
+The corpus, queries, nodes and exact top 10 come from ``bench/store.py`` (imported), so these
+numbers sit beside the embedded backend's: normalised 384-d float32 vectors with graded
+similarity (topics > subtopics > clusters), ~200-character texts, metadata ``category`` (10
+values), ``bucket`` (100 ints) and ``date``; 8 chunks per document. The filtered ground truth
+is exact numpy search over the rows that pass.
 
 Per size:
 
@@ -58,20 +59,19 @@ _VOCABULARY = (
 WORDS = np.array(_VOCABULARY.split())
 
 
-# -- data (as bench/store.py) ---------------------------------------------------------------------
+# -- data: bench/store.py's corpus, nodes and metadata -------------------------------------------
 
 
-def make_corpus(n: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(SEED)
-    centres = rng.standard_normal((max(n // 50, 10), DIM), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+def _store_bench() -> Any:
+    """bench/store.py as a module: the same graded synthetic corpus as the embedded numbers."""
+    import importlib.util
 
-    def draw(m: int) -> np.ndarray:
-        x = centres[rng.integers(0, len(centres), m)]
-        x += rng.standard_normal((m, DIM), dtype=np.float32) * 0.068
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    return draw(n), draw(n_queries)
+    spec = importlib.util.spec_from_file_location("bench_store", ROOT / "bench" / "store.py")
+    if spec is None or spec.loader is None:
+        raise RuntimeError("bench/store.py not found")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def metadata(i: int) -> dict[str, Any]:
@@ -80,6 +80,7 @@ def metadata(i: int) -> dict[str, Any]:
 
 
 def make_nodes(vectors: np.ndarray, *, start: int = 0, salt: int = 1) -> list[Any]:
+    """Nodes shaped like bench/store.py's (for the incremental update and the stock path)."""
     from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
     rng = np.random.default_rng(SEED + salt)
@@ -206,7 +207,7 @@ def child_query(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(args.work)
     corpus, queries = np.load(work / "corpus.npy"), np.load(work / "queries.npy")
-    gt = exact_top(corpus, queries)
+    gt = np.load(work / "gt.npy")
     t = time.perf_counter()
     storage = storage_for(args.url, args.table)
     handle = storage.load(embed_model=MockEmbedding(embed_dim=DIM))
@@ -234,6 +235,9 @@ def child_query(args: argparse.Namespace) -> dict[str, Any]:
             "p95_ms": float(np.percentile(times, 95)) * 1e3,
             "recall@10": float(np.mean(recalls)),
         }
+    t = time.perf_counter()
+    store.metadata_schema()
+    result["metadata_schema_s"] = time.perf_counter() - t
     n = len(corpus)
     planner_only = storage_for(args.url, args.table, exact_search_max_rows=0)
     planner_store = planner_only.load(embed_model=MockEmbedding(embed_dim=DIM)).vector_store
@@ -248,7 +252,7 @@ def child_query(args: argparse.Namespace) -> dict[str, Any]:
                     query_embedding=q.tolist(), similarity_top_k=K, filters=filters
                 )
                 t = time.perf_counter()
-                ids = s.query(vsq, hnsw_ef_search=args.ef_search[0]).ids or []
+                ids = s.query(vsq).ids or []  # the configured (default) hnsw_ef_search
                 times.append(time.perf_counter() - t)
                 recalls.append(len({int(i[1:]) for i in ids} & set(truth.tolist())) / K)
             result[f"{name}_{mode}"] = {
@@ -275,9 +279,9 @@ def child_query(args: argparse.Namespace) -> dict[str, Any]:
 def bench_size(url: str, size: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from llama_index.core.embeddings import MockEmbedding
 
-    corpus, queries = make_corpus(size, args.queries)
-    np.save(work / "corpus.npy", corpus)
-    np.save(work / "queries.npy", queries)
+    store_bench = _store_bench()
+    store_bench.make_corpus(size, work, args.queries)
+    corpus = np.load(work / "corpus.npy")
     row: dict[str, Any] = {"size": size, "load_avg": os.getloadavg()[0]}
     table = f"bench_{size}"
     storage = storage_for(
@@ -289,7 +293,7 @@ def bench_size(url: str, size: int, args: argparse.Namespace, work: Path) -> dic
     )
     emb = MockEmbedding(embed_dim=DIM)
     drop(storage)
-    nodes = make_nodes(corpus)
+    nodes = [n for batch in store_bench.node_batches(corpus) for n in batch]
     row["commit_s"] = commit_nodes(storage, storage.new(embed_model=emb), nodes)
     del nodes
     row.update(sizes_mb(storage))
@@ -308,7 +312,7 @@ def bench_size(url: str, size: int, args: argparse.Namespace, work: Path) -> dic
     for d in range(n_docs):
         handle.vector_store.delete(f"doc{d}")
         handle.documents.pop(f"doc{d}")
-    fresh = make_nodes(make_corpus(n_docs * PER_DOC, 1)[0], salt=2)
+    fresh = make_nodes(corpus[: n_docs * PER_DOC], salt=2)  # the same chunks, new texts
     row["incremental_rows"] = len(fresh)
     row["incremental_s"] = commit_nodes(storage, handle, fresh)
     drop(storage)
@@ -354,9 +358,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default="10000,100000")
     p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--ef-search", default="40,100", help="hnsw.ef_search values to measure")
-    p.add_argument("--m", type=int, default=16)
-    p.add_argument("--ef-construction", type=int, default=64)
+    p.add_argument("--ef-search", default="40,100,200", help="hnsw.ef_search values to measure")
+    from gl_retrieval.config import PostgresStorageConfig
+
+    defaults = PostgresStorageConfig.model_fields
+    p.add_argument("--m", type=int, default=defaults["hnsw_m"].default)
+    p.add_argument("--ef-construction", type=int, default=defaults["hnsw_ef_construction"].default)
     p.add_argument("--maintenance-work-mem", default="512MB")
     p.add_argument("--stock-max", type=int, default=10_000, help="largest size for stock add")
     p.add_argument("--url", help="an existing server (default: a temporary pgserver)")

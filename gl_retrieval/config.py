@@ -202,10 +202,10 @@ class PostgresStorageConfig(_Strict):
     )
     hnsw_m: int = Field(default=16, gt=1, description="HNSW links per node (build time).")
     hnsw_ef_construction: int = Field(
-        default=64, gt=0, description="HNSW candidate list size while building."
+        default=128, gt=0, description="HNSW candidate list size while building."
     )
     hnsw_ef_search: int = Field(
-        default=40, gt=0, description="HNSW candidate list size per query: recall vs speed."
+        default=100, gt=0, description="HNSW candidate list size per query: recall vs speed."
     )
     exact_search_max_rows: int = Field(
         default=5_000,

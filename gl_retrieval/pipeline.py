@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,6 +215,11 @@ class RetrievalPipeline:
 
     # -- indexing ------------------------------------------------------------------------------
 
+    def _before_commit(self) -> Callable[[IndexHandle], None] | None:
+        """Keeps the BM25 side in sync on every commit. Only the embedded backend persists one;
+        on postgres (dense only, for now) it would re-read every chunk on each `index` run."""
+        return attach_lexical if self._config.storage.backend == "embedded" else None
+
     def index(
         self, *, rebuild: bool = False, prune: bool = False, show_progress: bool = False
     ) -> IndexSummary:
@@ -236,7 +241,7 @@ class RetrievalPipeline:
                 rebuild=rebuild,
                 prune=prune,
                 show_progress=show_progress,
-                on_handle=attach_lexical,  # keeps the BM25 side in sync on every commit
+                on_handle=self._before_commit(),
             )
             self._handle = None
         return summary
@@ -271,7 +276,7 @@ class RetrievalPipeline:
                 rebuild=rebuild,
                 prune=prune,
                 show_progress=show_progress,
-                on_handle=attach_lexical,
+                on_handle=self._before_commit(),
             )
             self._handle = None
         return summary

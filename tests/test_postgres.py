@@ -174,6 +174,24 @@ def test_rebuild_replaces_everything_and_keeps_readers_working(
     assert indexes == {f"data_{table}_{k}" for k in kinds}
 
 
+def test_indexing_and_filtering_never_read_every_chunk_back(
+    pg_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The BM25 side (embedded only) and the filter type check would read the whole table."""
+    from gl_retrieval.storage._pgvector import StagedPGVectorStore
+
+    def everything(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("read every chunk back from PostgreSQL")
+
+    monkeypatch.setattr(StagedPGVectorStore, "get_nodes", everything)
+    pipe = RetrievalPipeline.from_config(pg_config)
+    pipe.index()
+    write_corpus(Path(pg_config["sources"][0]["path"]), SMALL_CORPUS[1:])
+    assert pipe.index(prune=True).deleted == 1
+    hits = pipe.retrieve("ranking", filters=["year>=2020", "topic!=ingest"])
+    assert set(_ids(hits)) == {"dense", "pg"}
+
+
 def test_the_manifest_in_the_database_refuses_another_embedder(pg_config: dict[str, Any]) -> None:
     RetrievalPipeline.from_config(pg_config).index()
     other = {**pg_config, "embedder": {**pg_config["embedder"], "query_prefix": "query: "}}
@@ -235,10 +253,8 @@ def _filters(*specs: tuple[str, str, Any], condition: str = "and") -> Any:
         ([("score", "!=", 3)], "and", {"pendle-2", "aave-1", "eth-1", "quote"}),  # missing: !=
         ([("ticker", "==", "AAVE"), ("ticker", "==", "ETH")], "or", {"aave-1", "eth-1"}),
         ([("ticker", "==", "PENDLE")], "not", {"aave-1", "eth-1", "quote"}),
-        ([("score", ">", "4")], "and", set()),  # a string never compares with numbers
         ([("ticker", "==", "O'REILLY")], "and", {"quote"}),
         ([("ticker", "==", "x' OR '1'='1")], "and", set()),  # no injection
-        ([("ticker", "text_match", "END")], "and", {"pendle-1", "pendle-2"}),
     ],
 )
 def test_filters_match_simple_vector_store_semantics(
@@ -246,6 +262,27 @@ def test_filters_match_simple_vector_store_semantics(
 ) -> None:
     hits = dated.retrieve("exchange listing", filters=_filters(*specs, condition=condition))
     assert set(_ids(hits)) == expected
+
+
+@pytest.mark.parametrize(
+    ("specs", "expected"),
+    [
+        ([("score", ">", "4")], set()),  # a string never compares with numbers
+        ([("ticker", "text_match", "END")], {"pendle-1#0", "pendle-2#0"}),
+        ([("ticker", "text_match_insensitive", "end")], {"pendle-1#0", "pendle-2#0"}),
+        ([("date", "is_empty", None)], set()),
+    ],
+)
+def test_store_level_filters_beyond_the_pipeline_checks(
+    dated: RetrievalPipeline, specs: list[Any], expected: set[str]
+) -> None:
+    """Operators and type mixes the pipeline refuses up front still mean the same in SQL."""
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    store = dated.storage.load(embed_model=dated.embedder).vector_store
+    vector = dated.embedder.embed_queries(["exchange"])[0].tolist()
+    q = VectorStoreQuery(query_embedding=vector, similarity_top_k=10, filters=_filters(*specs))
+    assert set(store.query(q).ids) == expected
 
 
 def test_metadata_schema_is_read_on_the_server(dated: RetrievalPipeline) -> None:

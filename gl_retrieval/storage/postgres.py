@@ -29,7 +29,7 @@ import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from llama_index.core import StorageContext, VectorStoreIndex
@@ -84,6 +84,30 @@ def _public_url(url: Any) -> str:
 
 def _snapshot(docs: dict[str, DocRecord]) -> dict[str, tuple[str, tuple[str, ...], str]]:
     return {k: (r.hash, tuple(r.nodes), r.source) for k, r in docs.items()}
+
+
+class _MetadataKinds(Mapping[str, frozenset[str]]):
+    """Metadata key -> kinds of value in the table, read with one query on first use."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._kinds: dict[str, frozenset[str]] | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> dict[str, frozenset[str]]:
+        with self._lock:
+            if self._kinds is None:
+                self._kinds = self._store.metadata_schema()
+            return self._kinds
+
+    def __getitem__(self, key: str) -> frozenset[str]:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 class PostgresStorage:
@@ -148,6 +172,7 @@ class PostgresStorage:
                 sa = require("sqlalchemy", extra="postgres")
                 sa_async = require("sqlalchemy.ext.asyncio", extra="postgres")
                 require("psycopg2", extra="postgres", package="psycopg2-binary")
+                require("llama_index.vector_stores.postgres", extra="postgres")
                 size = self.config.pool_size
                 sync = sa.create_engine(
                     self._url,
@@ -268,7 +293,14 @@ class PostgresStorage:
         sc = StorageContext.from_defaults(vector_store=store)
         index = VectorStoreIndex(nodes=[], storage_context=sc, **index_kwargs(embed_model))
         chunks = manifest.chunks if (manifest is not None and not cleared) else 0
-        extras = {_GENERATION: generation, _BASE: _snapshot(docs), _BASE_CHUNKS: chunks}
+        extras: dict[str, Any] = {
+            _GENERATION: generation,
+            _BASE: _snapshot(docs),
+            _BASE_CHUNKS: chunks,
+            # What filter checks read (gl_retrieval.retrievers.index_schema): computed on the
+            # server when first needed, instead of reading every chunk into this process.
+            "gl_metadata_schema": _MetadataKinds(store),
+        }
         return IndexHandle(
             index=index, storage_context=sc, manifest=manifest, documents=docs, extras=extras
         )
