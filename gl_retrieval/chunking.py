@@ -1,32 +1,49 @@
-"""Chunking measured in the embedder's own tokenizer.
+"""Chunking measured in the embedder's own tokenizer (never tiktoken).
 
-A document that fits in one chunk is not split at all (one batched tokenizer call decides), so
-most short documents cost no splitter work. Longer ones go through LlamaIndex's
-``SentenceSplitter`` with the embedder's tokenizer, never tiktoken.
+All documents to chunk go through the model's tokenizer in one batched call. A document that fits
+in ``chunk_size`` tokens stays whole; a longer one is cut at token boundaries taken from that same
+call (its character offsets), so no text is tokenised twice here:
+
+* a chunk ends at the last sentence or paragraph break that fits, if that keeps it at least half
+  full; otherwise at the last word boundary that fits (a sentence longer than a chunk);
+* the next chunk starts ``chunk_overlap`` tokens earlier, at a sentence start in that window if
+  there is one, else at a word start.
+
+Chunks are slices of the original text, so ``start_char_idx``/``end_char_idx`` on each node point
+into the document. Node ids are ``<doc_id>#<n>`` and each node's ``ref_doc_id`` is the document
+id, so a changed document replaces exactly its own nodes.
+
+Providers without a local tokenizer (a remote server) fall back to a conservative estimate of
+about one token per three characters of a word, and one per punctuation mark.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from llama_index.core.node_parser import SentenceSplitter
-from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+from typing import TYPE_CHECKING, Any
 
 from gl_retrieval.config import ChunkingConfig
 from gl_retrieval.embedders.base import GLEmbedding
 from gl_retrieval.sources import Document
 
-__all__ = ["Chunker", "effective_chunk_size"]
+if TYPE_CHECKING:
+    from llama_index.core.schema import TextNode
+
+__all__ = ["Chunk", "ChunkPlan", "Chunker", "effective_chunk_size"]
 
 log = logging.getLogger(__name__)
 
+Offsets = Sequence[tuple[int, int]]
+#: texts -> (token count of each text, offsets of text i on demand)
+Tokenize = Callable[[list[str]], tuple[list[int], Callable[[int], Offsets]]]
 
-def _approx_tokens(text: str) -> list[int]:
-    # Conservative stand-in when the provider has no local tokenizer: ~3 UTF-8 bytes per token.
-    return [0] * math.ceil(len(text.encode("utf-8")) / 3)
+# The position right after a sentence end (plus closing quotes/brackets) or a line break.
+_BREAK = re.compile(r"[.!?。！？…][\"'”’)\]»]*\s+|\n\s*")
+_APPROX_TOKEN = re.compile(r"\w{1,3}|[^\w\s]")
 
 
 @dataclass(frozen=True)
@@ -42,13 +59,19 @@ def effective_chunk_size(cfg: ChunkingConfig, embedder: GLEmbedding) -> ChunkPla
     """Cap ``chunk_size`` at what the model embeds without truncation (prefix included).
 
     A chunk longer than the model's max sequence length would be truncated silently by
-    sentence-transformers; we cap it instead and say so.
+    sentence-transformers; we cap it instead and log a warning that says so.
+
+    Example:
+        >>> plan = effective_chunk_size(ChunkingConfig(chunk_size=512), emb)  # doctest: +SKIP
+        >>> plan.chunk_size  # all-MiniLM-L6-v2: 256 - [CLS] - [SEP]  # doctest: +SKIP
+        254
     """
     limit = embedder.max_tokens
     if limit is None:
         return ChunkPlan(cfg.chunk_size, cfg.chunk_overlap)
-    prefix = embedder.count_tokens([embedder.document_prefix])
-    limit -= prefix[0] if prefix and embedder.document_prefix else 0
+    if embedder.document_prefix:
+        prefix = embedder.count_tokens([embedder.document_prefix])
+        limit -= prefix[0] if prefix else 0
     if cfg.chunk_size <= limit:
         return ChunkPlan(cfg.chunk_size, cfg.chunk_overlap)
     overlap = min(cfg.chunk_overlap, limit // 4)
@@ -62,52 +85,152 @@ def effective_chunk_size(cfg: ChunkingConfig, embedder: GLEmbedding) -> ChunkPla
     return ChunkPlan(limit, overlap, warning)
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a document: ``doc.text[start:end]``, about ``tokens`` tokens long."""
+
+    doc: Document
+    n: int
+    text: str
+    start: int
+    end: int
+    tokens: int
+
+    @property
+    def node_id(self) -> str:
+        return f"{self.doc.doc_id}#{self.n}"
+
+    def to_node(self, *, embedding: list[float] | None = None) -> TextNode:
+        """The LlamaIndex node for this chunk (metadata copied; excluded from the embed text)."""
+        from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+
+        meta = dict(self.doc.metadata)
+        return TextNode(
+            id_=self.node_id,
+            text=self.text,
+            embedding=embedding,
+            metadata=meta,
+            # Vectors are of the text alone; the LLM still sees the metadata.
+            excluded_embed_metadata_keys=list(meta),
+            start_char_idx=self.start,
+            end_char_idx=self.end,
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=self.doc.doc_id)},
+        )
+
+
+def _hf_tokenize(tokenizer: Any) -> Tokenize:
+    def run(texts: list[str]) -> tuple[list[int], Callable[[int], Offsets]]:
+        enc = tokenizer(
+            texts,
+            add_special_tokens=False,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        encodings = enc.encodings
+        return [len(ids) for ids in enc["input_ids"]], lambda i: encodings[i].offsets
+
+    return run
+
+
+def _approx_offsets(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in _APPROX_TOKEN.finditer(text)]
+
+
+def _approx_tokenize(embedder: GLEmbedding) -> Tokenize:
+    def run(texts: list[str]) -> tuple[list[int], Callable[[int], Offsets]]:
+        counts = embedder.count_tokens(texts)
+        if counts is None:
+            counts = [len(_APPROX_TOKEN.findall(t)) for t in texts]
+        return counts, lambda i: _approx_offsets(texts[i])
+
+    return run
+
+
+def tokenizer_for(embedder: GLEmbedding) -> Tokenize:
+    """Token counts and offsets in ``embedder``'s own tokenizer (a fast HF tokenizer when the
+    provider has one), else the conservative estimate."""
+    try:
+        tok = embedder.st_model.tokenizer  # type: ignore[attr-defined]
+    except AttributeError:
+        tok = None
+    if tok is not None and getattr(tok, "is_fast", False):
+        return _hf_tokenize(tok)
+    return _approx_tokenize(embedder)
+
+
+def split_offsets(text: str, offsets: Offsets, *, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Token ranges ``[start, end)`` of the chunks of one document (see the module docstring)."""
+    n = len(offsets)
+    starts = [a for a, _ in offsets]
+    # Token indices at which a sentence, line or paragraph starts.
+    breaks = sorted({bisect_left(starts, m.end()) for m in _BREAK.finditer(text)} - {0, n})
+
+    def word_start(t: int) -> bool:
+        return offsets[t][0] > offsets[t - 1][1]
+
+    ranges: list[tuple[int, int]] = []
+    s = 0
+    while True:
+        limit = s + size
+        if limit >= n:
+            ranges.append((s, n))
+            return ranges
+        half = s + max(1, size // 2)
+        i = bisect_right(breaks, limit) - 1
+        if i >= 0 and breaks[i] >= half:
+            e = breaks[i]
+        else:
+            e = next((t for t in range(limit, half - 1, -1) if word_start(t)), limit)
+        ranges.append((s, e))
+        nxt = e
+        if overlap:
+            lo = max(s + 1, e - overlap)
+            j = bisect_left(breaks, lo)
+            if j < len(breaks) and breaks[j] < e:
+                nxt = breaks[j]
+            else:
+                nxt = next((t for t in range(lo, e) if word_start(t)), e)
+        s = nxt
+
+
 class Chunker:
-    """Turns documents into nodes with stable ids ``<doc_id>#<n>``."""
+    """Turns documents into chunks (and LlamaIndex nodes) with stable ids ``<doc_id>#<n>``.
+
+    Example:
+        >>> plan = effective_chunk_size(ChunkingConfig(chunk_size=128), emb)  # doctest: +SKIP
+        >>> chunks = Chunker(plan, emb).split(docs)  # doctest: +SKIP
+        >>> chunks[0].node_id, chunks[0].tokens <= 128  # doctest: +SKIP
+        ('doc-1#0', True)
+    """
 
     def __init__(self, plan: ChunkPlan, embedder: GLEmbedding) -> None:
         self.plan = plan
-        self._embedder = embedder
-        tokenize: Callable[[str], Sequence[object]] = getattr(
-            embedder, "tokenize_fn", lambda: _approx_tokens
-        )()
-        self._splitter = SentenceSplitter(
-            chunk_size=plan.chunk_size,
-            chunk_overlap=plan.chunk_overlap,
-            tokenizer=tokenize,
-            include_metadata=False,
-            include_prev_next_rel=False,
-        )
+        self._tokenize = tokenizer_for(embedder)
 
-    def _token_counts(self, texts: list[str]) -> list[int]:
-        counts = self._embedder.count_tokens(texts)
-        if counts is None:
-            return [len(_approx_tokens(t)) for t in texts]
-        return counts
+    def split(self, docs: Sequence[Document]) -> list[Chunk]:
+        """Chunk ``docs`` (one batched tokenizer call); documents that fit stay whole."""
+        if not docs:
+            return []
+        counts, offsets_of = self._tokenize([d.text for d in docs])
+        size, overlap = self.plan.chunk_size, self.plan.chunk_overlap
+        out: list[Chunk] = []
+        for k, (doc, n_tokens) in enumerate(zip(docs, counts, strict=True)):
+            if n_tokens <= size:
+                if doc.text.strip():
+                    out.append(Chunk(doc, 0, doc.text, 0, len(doc.text), n_tokens))
+                continue
+            offsets = offsets_of(k)
+            n = 0
+            for a, b in split_offsets(doc.text, offsets, size=size, overlap=overlap):
+                start, end = offsets[a][0], offsets[b - 1][1]
+                piece = doc.text[start:end]
+                if piece.strip():
+                    out.append(Chunk(doc, n, piece, start, end, b - a))
+                    n += 1
+        return out
 
     def chunk(self, docs: Sequence[Document]) -> list[TextNode]:
-        """Chunk ``docs``; documents that fit in one chunk are kept whole."""
-        texts = [d.text for d in docs]
-        counts = self._token_counts(texts) if texts else []
-        nodes: list[TextNode] = []
-        for doc, n_tokens in zip(docs, counts, strict=True):
-            pieces = (
-                [doc.text]
-                if n_tokens <= self.plan.chunk_size
-                else self._splitter.split_text(doc.text)
-            )
-            keys = list(doc.metadata)
-            for i, piece in enumerate(p for p in pieces if p.strip()):
-                nodes.append(
-                    TextNode(
-                        id_=f"{doc.doc_id}#{i}",
-                        text=piece,
-                        metadata=dict(doc.metadata),
-                        # Vectors are of the text alone; the LLM still sees the metadata.
-                        excluded_embed_metadata_keys=keys,
-                        relationships={
-                            NodeRelationship.SOURCE: RelatedNodeInfo(node_id=doc.doc_id)
-                        },
-                    )
-                )
-        return nodes
+        """Chunk ``docs`` into LlamaIndex nodes (without embeddings)."""
+        return [c.to_node() for c in self.split(docs)]

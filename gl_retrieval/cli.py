@@ -122,11 +122,24 @@ def index(
     prune: Annotated[bool, typer.Option(help="Remove documents gone from the sources.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Index the config's sources: embeds only new or changed documents."""
+    """Index the config's sources: embeds only new or changed documents.
+
+    stdout carries only the result (the summary line, or the JSON); progress, warnings and the
+    names of skipped documents go to stderr.
+    """
+    import logging
+
     pipe = _pipeline(config)
-    summary = pipe.index(rebuild=rebuild, prune=prune, show_progress=not as_json)
-    for w in summary.warnings:
-        typer.echo(f"warning: {w}", err=True)
+    # The library logs its warnings (e.g. a capped chunk_size); show each once, on stderr.
+    warn = logging.StreamHandler(sys.stderr)
+    warn.setLevel(logging.WARNING)
+    warn.setFormatter(logging.Formatter("warning: %(message)s"))
+    lib_log = logging.getLogger("gl_retrieval")
+    lib_log.addHandler(warn)
+    try:
+        summary = pipe.index(rebuild=rebuild, prune=prune, show_progress=not as_json)
+    finally:
+        lib_log.removeHandler(warn)
     for s in summary.skipped:
         typer.echo(f"skipped: {s.name}: {s.reason}", err=True)
     if as_json:

@@ -207,6 +207,38 @@ class PostgresStorageConfig(_Strict):
     hnsw_ef_search: int = Field(
         default=40, gt=0, description="HNSW candidate list size per query: recall vs speed."
     )
+    exact_search_max_rows: int = Field(
+        default=5_000,
+        ge=0,
+        description="A filtered query whose filters the planner expects at most this many rows to "
+        "pass is answered exactly (all those rows) instead of through HNSW; 0: always HNSW.",
+    )
+    pool_size: int = Field(
+        default=5,
+        gt=0,
+        le=100,
+        description="Pooled connections per process (and as many more on bursts).",
+    )
+    connect_timeout_s: int = Field(
+        default=10, gt=0, description="Seconds to wait for the server when connecting."
+    )
+    maintenance_work_mem: str = Field(
+        default="512MB",
+        pattern=r"^[1-9][0-9]*(kB|MB|GB)$",
+        description="Memory for a bulk HNSW build (first index, --rebuild); the graph should "
+        "fit, about 2 kB per 384-d chunk.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in ("postgresql", "postgres", "postgresql+psycopg2"):
+            raise ValueError(
+                "must be a postgresql://user:password@host:port/database URL"
+                + (f", not a {scheme}:// one" if scheme else "")
+            )
+        return value
 
 
 StorageConfig = Annotated[
@@ -302,6 +334,16 @@ class PipelineConfig(_Strict):
             raise ValueError(
                 f"reranker.top_n ({self.reranker.top_n}) must be <= retriever.top_k "
                 f"({self.retriever.top_k}): the reranker can only reorder what was retrieved"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lexical_modes_need_embedded(self) -> PipelineConfig:
+        if isinstance(self.storage, PostgresStorageConfig) and self.retriever.mode != "dense":
+            raise ValueError(
+                f"retriever.mode {self.retriever.mode!r} is not supported with storage.backend "
+                "'postgres' yet: use mode 'dense' there (metadata filters work), or the "
+                "embedded backend for bm25/hybrid"
             )
         return self
 

@@ -1,30 +1,75 @@
 """Indexing: read sources, embed only what changed, commit atomically.
 
-Re-running :func:`index_sources` embeds only new or changed documents (by a hash of text plus
-user-facing metadata). ``prune`` removes documents that are gone from the sources. Nothing is
-committed until everything succeeded, so a failure (or ``kill -9``) leaves the previous index.
+Re-running :func:`index_sources` embeds only new or changed documents: a document is unchanged
+when the hash of its text plus user-facing metadata (never file mtimes) equals the one recorded
+for its id in the committed index. ``prune`` removes documents that are gone from the sources.
+
+The work is ordered for throughput:
+
+1. Only the committed manifest and document table are read to decide what changed, so a run
+   with nothing to do loads neither the model nor the vectors.
+2. Changed documents are chunked in one batched call of the model's own tokenizer.
+3. Chunks are embedded longest first, in windows of ``8 * batch_size``, so batches carry
+   little padding (sentence-transformers only sorts within one ``encode`` call) and a progress
+   bar can follow the work.
+4. Embedded nodes go straight to the vector store (``vector_store.add``), with only the
+   bookkeeping LlamaIndex's ``load_index_from_storage`` needs, instead of
+   ``VectorStoreIndex.insert_nodes`` (which re-checks embeddings and copies every node twice).
+
+Nothing is committed until everything succeeded, so a failure (or ``kill -9``) leaves the
+previous index as it was.
+
+Example:
+    >>> from gl_retrieval import RetrievalPipeline
+    >>> pipe = RetrievalPipeline.from_config("examples/configs/demo.yaml")  # doctest: +SKIP
+    >>> summary = pipe.index()  # doctest: +SKIP
+    >>> summary.to_dict()["documents"]  # doctest: +SKIP
+    {'added': 0, 'updated': 1, 'unchanged': 49, 'deleted': 0, 'skipped': 0}
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gl_retrieval.chunking import Chunker, effective_chunk_size
+from gl_retrieval.chunking import Chunk, Chunker, ChunkPlan, effective_chunk_size
 from gl_retrieval.config import PipelineConfig
 from gl_retrieval.embedders.base import GLEmbedding
 from gl_retrieval.errors import EmbeddingError, IndexNotFoundError
 from gl_retrieval.sources import Document, Skipped, read_sources
-from gl_retrieval.storage import DocRecord, IndexHandle, Manifest, Storage, check_compatible
+from gl_retrieval.storage import (
+    DocRecord,
+    IndexHandle,
+    Manifest,
+    Storage,
+    check_compatible,
+)
+
+if TYPE_CHECKING:
+    from llama_index.core.schema import TextNode
 
 __all__ = ["IndexSummary", "index_documents", "index_sources"]
+
+log = logging.getLogger(__name__)
+
+#: Chunks per ``embed_documents`` call, in units of the embedder's batch size.
+WINDOW_BATCHES = 8
+#: Embedded nodes are handed to the vector store in groups of at least this many.
+STORE_FLUSH = 8192
 
 
 @dataclass
 class IndexSummary:
-    """What one `index` run did."""
+    """What one `index` run did.
+
+    ``timings`` splits ``seconds`` into phases (read, open, model, chunk, embed, store, commit);
+    it is logged at INFO level by :func:`index_documents` and is not part of :meth:`to_dict`.
+    """
 
     added: int = 0
     updated: int = 0
@@ -34,6 +79,7 @@ class IndexSummary:
     chunks_embedded: int = 0
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The `index --json` shape."""
@@ -57,8 +103,17 @@ class IndexSummary:
             f"{self.chunks_embedded} chunks embedded in {self.seconds:.1f}s"
         )
 
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t
+
 
 def _static_fingerprint(embedder: GLEmbedding) -> dict[str, Any]:
+    # The embedder's identity without loading it (``dimension`` needs the model).
     return {
         "provider": embedder.provider,
         "model": embedder.model_name,
@@ -69,27 +124,103 @@ def _static_fingerprint(embedder: GLEmbedding) -> dict[str, Any]:
     }
 
 
-def open_for_update(
-    storage: Storage, *, config: PipelineConfig, embedder: GLEmbedding, rebuild: bool
-) -> IndexHandle:
-    """Load the committed index for updating (checking it matches), or start an empty one."""
-    if rebuild:
-        return storage.new(embed_model=embedder)
+def _committed(
+    storage: Storage, *, config: PipelineConfig, embedder: GLEmbedding
+) -> tuple[Manifest | None, dict[str, DocRecord]]:
+    """The committed manifest and document table (checked against the config), cheaply."""
     try:
         manifest = storage.read_manifest()
     except IndexNotFoundError:
-        return storage.new(embed_model=embedder)
+        return None, {}
     check_compatible(
         manifest,
         embedder=_static_fingerprint(embedder),
         chunking=config.chunking.model_dump(),
         where=storage.location,
     )
-    return storage.load(embed_model=embedder)
+    read_documents = getattr(storage, "read_documents", None)
+    if read_documents is not None:
+        return manifest, read_documents()
+    return manifest, storage.load(embed_model=embedder).documents
+
+
+def _add_nodes(handle: IndexHandle, nodes: list[TextNode]) -> None:
+    """Add embedded nodes to the index without ``insert_nodes``' per-node copies and checks.
+
+    Does what ``VectorStoreIndex._add_nodes_to_index`` does for text nodes: the vector store
+    gets the nodes; a store that keeps no text (``stores_text=False``) also needs them, without
+    their embeddings, in the docstore and the index struct.
+    """
+    if not nodes:
+        return
+    index = handle.index
+    store = handle.storage_context.vector_store
+    ids = store.add(nodes)
+    if not store.stores_text:
+        struct = index.index_struct
+        for node, new_id in zip(nodes, ids, strict=True):
+            node.embedding = None  # the store holds it; the docstore keeps text and metadata
+            struct.add_node(node, text_id=new_id)
+        index.docstore.add_documents(nodes, allow_update=True)
+    handle.storage_context.index_store.add_index_struct(index.index_struct)
+
+
+def _embed_into(
+    handle: IndexHandle,
+    chunks: Sequence[Chunk],
+    *,
+    embedder: GLEmbedding,
+    summary: IndexSummary,
+    show_progress: bool,
+) -> None:
+    """Embed ``chunks`` longest first, in windows, and add them to the index."""
+    order = sorted(range(len(chunks)), key=lambda i: chunks[i].tokens, reverse=True)
+    window = max(1, int(embedder.embed_batch_size)) * WINDOW_BATCHES
+    bar = _progress(total=len(chunks), enabled=show_progress)
+    pending: list[TextNode] = []
+    try:
+        for w in range(0, len(order), window):
+            part = [chunks[i] for i in order[w : w + window]]
+            with summary.timed("embed"):
+                vectors = embedder.embed_documents([c.text for c in part], show_progress=False)
+                if vectors.ndim != 2 or vectors.shape[0] != len(part):
+                    raise EmbeddingError(
+                        f"embedder {embedder.model_name!r} returned an array of shape "
+                        f"{tuple(vectors.shape)} for {len(part)} chunks"
+                    )
+            with summary.timed("store"):
+                rows = vectors.tolist()
+                pending.extend(c.to_node(embedding=row) for c, row in zip(part, rows, strict=True))
+                if len(pending) >= STORE_FLUSH:
+                    _add_nodes(handle, pending)
+                    pending = []
+            bar.update(len(part))
+        with summary.timed("store"):
+            _add_nodes(handle, pending)
+    finally:
+        bar.close()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(*, total: int, enabled: bool) -> Any:
+    if not enabled or total == 0:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="embedding", unit="chunk", dynamic_ncols=True)
 
 
 def index_documents(
-    documents: Any,
+    documents: Iterable[Document],
     *,
     config: PipelineConfig,
     embedder: GLEmbedding,
@@ -100,85 +231,114 @@ def index_documents(
     skipped: list[Skipped] | None = None,
     on_handle: Callable[[IndexHandle], None] | None = None,
 ) -> IndexSummary:
-    """Bring the index at ``storage`` up to date with ``documents`` (an iterable of Document).
+    """Bring the index at ``storage`` up to date with ``documents``.
 
     Args:
-        documents: The full current set of documents (``prune`` deletes any others).
+        documents: The full current set of documents (``prune`` deletes any others); may be a
+            lazy iterable (reading then counts in ``timings["read"]``).
         config: The pipeline config (chunking, retriever settings for the manifest).
         embedder: The embedder (loaded only if something needs embedding).
-        storage: Where the index lives.
-        rebuild: Ignore the existing index and embed everything again.
+        storage: Where the index lives. Callers that may run concurrently hold its write lock.
+        rebuild: Ignore the existing index and embed everything again into a fresh one.
         prune: Delete indexed documents that are not in ``documents``.
-        show_progress: Show a progress bar while embedding.
-        skipped: Documents the readers already skipped (reported in the summary).
+        show_progress: Show a progress bar (stderr) while embedding.
+        skipped: Documents the readers skipped; the list is read after ``documents`` is
+            consumed, so a lazy reader may still append to it.
         on_handle: Called with the updated handle before commit (e.g. to refresh BM25).
 
     Returns:
         The run's :class:`IndexSummary`.
+
+    Raises:
+        IndexMismatchError: the committed index was built with another embedder or chunking.
+        EmbeddingError: the embedder returned the wrong number of vectors.
+
+    Example:
+        >>> docs = [Document("a", "BM25 ranks by term frequency.")]
+        >>> s = index_documents(docs, config=cfg, embedder=emb, storage=st)  # doctest: +SKIP
+        >>> s.to_dict()["documents"]["added"]  # doctest: +SKIP
+        1
     """
     t0 = time.perf_counter()
-    summary = IndexSummary(skipped=list(skipped or []))
-    handle = open_for_update(storage, config=config, embedder=embedder, rebuild=rebuild)
-    old = handle.documents
-    current: dict[str, Document] = {}
+    summary = IndexSummary()
+    with summary.timed("open"):
+        manifest, old = (
+            (None, {}) if rebuild else _committed(storage, config=config, embedder=embedder)
+        )
+    current: set[str] = set()
     changed: list[Document] = []
-    for doc in documents:
-        current[doc.doc_id] = doc
-        rec = old.get(doc.doc_id)
-        if rec is None:
-            summary.added += 1
-            changed.append(doc)
-        elif rec.hash != doc.content_hash:
-            summary.updated += 1
-            changed.append(doc)
-        else:
-            summary.unchanged += 1
+    with summary.timed("read"):
+        for doc in documents:
+            current.add(doc.doc_id)
+            rec = old.get(doc.doc_id)
+            if rec is None:
+                summary.added += 1
+                changed.append(doc)
+            elif rec.hash != doc.content_hash:
+                summary.updated += 1
+                changed.append(doc)
+            else:
+                summary.unchanged += 1
+    summary.skipped = list(skipped or [])
     gone = [d for d in old if d not in current] if prune else []
     summary.deleted = len(gone)
 
-    if not changed and not gone and handle.manifest is not None:
-        summary.seconds = time.perf_counter() - t0
-        return summary  # nothing to do: no model load, no write
+    if not changed and not gone and manifest is not None:
+        return _finish(summary, t0)  # nothing to do: no model load, no vectors read, no write
 
-    plan = effective_chunk_size(config.chunking, embedder) if changed else None
-    if plan is not None and plan.warning:
-        summary.warnings.append(plan.warning)
-    nodes = Chunker(plan, embedder).chunk(changed) if plan is not None else []
+    with summary.timed("open"):
+        handle = (
+            storage.load(embed_model=embedder)
+            if manifest is not None
+            else storage.new(embed_model=embedder)
+        )
+    plan: ChunkPlan | None = None
+    chunks: list[Chunk] = []
+    if changed:
+        with summary.timed("model"):
+            embedder.warmup()
+        with summary.timed("chunk"):
+            plan = effective_chunk_size(config.chunking, embedder)
+            if plan.warning:
+                summary.warnings.append(plan.warning)
+            chunks = Chunker(plan, embedder).split(changed)
+    with summary.timed("store"):
+        for doc_id in [d.doc_id for d in changed if d.doc_id in old] + gone:
+            handle.index.delete_ref_doc(doc_id, delete_from_docstore=True)
+            handle.documents.pop(doc_id, None)
     check = getattr(embedder, "check_lengths", None)
-    if nodes and check is not None:  # refuse over-long chunks up front, naming them
-        check([n.text for n in nodes], ids=[n.node_id for n in nodes])
-    if nodes:
-        vectors = embedder.embed_documents([n.text for n in nodes], show_progress=show_progress)
-        if vectors.shape[0] != len(nodes):
-            raise EmbeddingError(
-                f"embedder returned {vectors.shape[0]} vectors for {len(nodes)} chunks"
-            )
-        for node, vec in zip(nodes, vectors, strict=True):
-            node.embedding = vec.tolist()
-    summary.chunks_embedded = len(nodes)
+    if chunks and check is not None:  # refuse over-long chunks up front, naming them
+        check([c.text for c in chunks], ids=[c.node_id for c in chunks])
+    _embed_into(handle, chunks, embedder=embedder, summary=summary, show_progress=show_progress)
+    summary.chunks_embedded = len(chunks)
 
-    index = handle.index
-    for doc_id in [d.doc_id for d in changed if d.doc_id in old] + gone:
-        index.delete_ref_doc(doc_id, delete_from_docstore=True)
-        handle.documents.pop(doc_id, None)
-    if nodes:
-        index.insert_nodes(nodes)
     by_doc: dict[str, list[str]] = {}
-    for n in nodes:
-        by_doc.setdefault(n.ref_doc_id or "", []).append(n.node_id)
+    for c in chunks:
+        by_doc.setdefault(c.doc.doc_id, []).append(c.node_id)
     for doc in changed:
         handle.documents[doc.doc_id] = DocRecord(
             hash=doc.content_hash, nodes=by_doc.get(doc.doc_id, []), source=doc.source
         )
-
-    fingerprint = embedder.fingerprint() if (nodes or handle.manifest is None) else None
+    fingerprint = embedder.fingerprint() if (chunks or handle.manifest is None) else None
     handle.manifest = _next_manifest(
         handle.manifest, fingerprint=fingerprint, config=config, plan=plan, handle=handle
     )
     if on_handle is not None:
         on_handle(handle)
-    storage.commit(handle)
+    with summary.timed("commit"):
+        storage.commit(handle)
+    return _finish(summary, t0)
+
+
+def _finish(summary: IndexSummary, t0: float) -> IndexSummary:
     summary.seconds = time.perf_counter() - t0
+    if summary.skipped:
+        log.info("skipped %d documents: %s", len(summary.skipped), summary.skipped)
+    log.info(
+        "index: %s; timings %s",
+        json.dumps(summary.to_dict()),
+        json.dumps({k: round(v, 3) for k, v in summary.timings.items()}),
+    )
     return summary
 
 
@@ -187,7 +347,7 @@ def _next_manifest(
     *,
     fingerprint: dict[str, Any] | None,
     config: PipelineConfig,
-    plan: Any,
+    plan: ChunkPlan | None,
     handle: IndexHandle,
 ) -> Manifest:
     chunking = dict(old.chunking) if old else {}
@@ -218,11 +378,14 @@ def index_sources(
     show_progress: bool = False,
     on_handle: Callable[[IndexHandle], None] | None = None,
 ) -> IndexSummary:
-    """Index the config's ``sources`` (see :func:`index_documents`)."""
+    """Index the config's ``sources`` (see :func:`index_documents`).
+
+    Unreadable documents (binary, not UTF-8, empty) are skipped and listed in
+    ``summary.skipped``; they never abort the run.
+    """
     skipped: list[Skipped] = []
-    docs = list(read_sources(config.sources, skipped))
     return index_documents(
-        docs,
+        read_sources(config.sources, skipped),
         config=config,
         embedder=embedder,
         storage=storage,

@@ -1,24 +1,60 @@
-"""Reading sources into documents with stable ids: directories of text files and BEIR ``.jsonl``.
+"""Reading sources into documents with stable ids: directories of files and BEIR ``.jsonl``.
 
-A file that cannot be read (binary, undecodable, empty) is skipped and reported by name; it never
-aborts the run.
+* Directories: ``.txt``/``.md``/``.rst`` as text, ``.html``/``.htm`` as their visible text
+  (script, style and other non-rendered elements dropped), and ``.pdf`` through LlamaIndex's
+  ``PDFReader`` when ``llama-index-readers-file`` is installed. A document's id is its path
+  relative to the source directory.
+* ``.jsonl`` in the BEIR corpus layout (``_id``/``id``, ``title``?, ``text``, ``metadata``?): the
+  id is ``_id`` (or ``id``), the text is ``title + "\\n" + text``, ``metadata`` is carried to the
+  nodes.
+
+A document that cannot be read (binary, undecodable, empty, a broken PDF) is skipped and reported
+by name; it never aborts the run.
+
+Example:
+    >>> from pathlib import Path
+    >>> from gl_retrieval.config import SourceConfig
+    >>> skipped: list[Skipped] = []
+    >>> docs = list(read_sources([SourceConfig(path=Path("docs"))], skipped))  # doctest: +SKIP
+    >>> docs[0].doc_id, [s.name for s in skipped]  # doctest: +SKIP
+    ('ingestion.md', [])
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 from gl_retrieval.config import SourceConfig
 from gl_retrieval.errors import SourceError
 
-__all__ = ["TEXT_SUFFIXES", "Document", "Skipped", "read_jsonl", "read_sources"]
+__all__ = [
+    "HTML_SUFFIXES",
+    "PDF_SUFFIXES",
+    "TEXT_SUFFIXES",
+    "Document",
+    "Skipped",
+    "html_to_text",
+    "read_directory",
+    "read_jsonl",
+    "read_sources",
+]
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst", ".text"})
+HTML_SUFFIXES = frozenset({".html", ".htm", ".xhtml"})
+PDF_SUFFIXES = frozenset({".pdf"})
+#: What a directory source reads when it has no ``glob``; other files are ignored silently.
+READABLE_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES
+
+PDF_INSTALL_HINT = "PDF support needs `pip install llama-index-readers-file pypdf`"
 
 
 @dataclass(frozen=True)
@@ -30,9 +66,9 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
-        """Hash of the text plus user-facing metadata (no mtimes), to detect changes."""
+        """Hash of the text plus user-facing metadata (never mtimes), to detect changes."""
         h = hashlib.sha256(self.text.encode("utf-8"))
         h.update(b"\0")
         h.update(json.dumps(self.metadata, sort_keys=True, default=str).encode("utf-8"))
@@ -45,6 +81,9 @@ class Skipped:
 
     name: str
     reason: str
+
+
+# -- jsonl -------------------------------------------------------------------------------------
 
 
 def _jsonl_document(obj: Any, *, where: str) -> Document:
@@ -70,20 +109,33 @@ def _jsonl_document(obj: Any, *, where: str) -> Document:
 
 
 def read_jsonl(path: Path, skipped: list[Skipped]) -> Iterator[Document]:
-    """Yield documents of a BEIR-layout ``.jsonl`` (``_id``/``id``, ``title``?, ``text``,
-    ``metadata``?). Bad lines are reported in ``skipped`` as ``file:line``."""
+    """Yield the documents of a BEIR-layout ``.jsonl`` file.
+
+    Lines that are not valid JSON, not UTF-8, or lack an id or text are reported in ``skipped``
+    as ``file:line``; the other lines are still read.
+
+    Raises:
+        SourceError: the file cannot be opened at all.
+    """
     try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the `with` below
+        f = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
     except OSError as e:
         raise SourceError(f"cannot open source {path}: {e.strerror}") from None
     with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                doc = _jsonl_document(json.loads(line), where=where)
-            except (ValueError, UnicodeDecodeError) as e:
+                doc = _jsonl_document(json.loads(raw.decode("utf-8")), where=where)
+                doc.content_hash  # noqa: B018 - fails on lone surrogates ("\\ud800"), early
+            except UnicodeDecodeError as e:
+                skipped.append(Skipped(where, f"not UTF-8 text (byte {e.start} of the line)"))
+                continue
+            except UnicodeEncodeError:
+                skipped.append(Skipped(where, "text has unpaired surrogates (invalid Unicode)"))
+                continue
+            except ValueError as e:  # json.JSONDecodeError is a ValueError
                 skipped.append(Skipped(where, str(e).splitlines()[0]))
                 continue
             if not doc.text.strip():
@@ -92,29 +144,178 @@ def read_jsonl(path: Path, skipped: list[Skipped]) -> Iterator[Document]:
             yield doc
 
 
-def _read_file(path: Path, root: Path) -> Document:
-    raw = path.read_bytes()
+# -- HTML --------------------------------------------------------------------------------------
+
+#: Elements whose content is never rendered as text.
+_HIDDEN = frozenset({"script", "style", "noscript", "template", "svg", "math", "iframe", "object"})
+#: Elements that end a paragraph (a blank line) or a line.
+_PARAGRAPH = frozenset(
+    {
+        *(f"h{i}" for i in range(1, 7)),
+        *("p", "div", "section", "article", "header", "footer", "main", "aside", "nav"),
+        *("blockquote", "pre", "table", "ul", "ol", "dl", "figure", "form", "hr", "body"),
+    }
+)
+_LINE = frozenset({"br", "li", "tr", "dt", "dd", "caption", "figcaption", "option"})
+_CELL = frozenset({"td", "th"})
+_VOID = frozenset({"br", "hr", "img", "meta", "link", "input", "area", "base", "col", "wbr"})
+
+
+class _VisibleText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.title: list[str] = []
+        self._hidden = 0
+        self._in_title = False
+        self._pre = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "title":
+            self._in_title = True
+        if tag in _VOID:
+            self._boundary(tag)
+            return
+        if tag in _HIDDEN:
+            self._hidden += 1
+        elif tag == "pre":
+            self._pre += 1
+        self._boundary(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._boundary(tag)  # <br/>, <hr/>: never opens a hidden element
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        if tag in _HIDDEN:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag == "pre":
+            self._pre = max(0, self._pre - 1)
+        if tag in _PARAGRAPH:
+            self._boundary(tag)
+
+    def _boundary(self, tag: str) -> None:
+        if self._hidden:
+            return
+        if tag in _PARAGRAPH:
+            self.parts.append("\n\n")
+        elif tag in _LINE:
+            self.parts.append("\n")
+        elif tag in _CELL:
+            self.parts.append("\t")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title.append(data)
+            return
+        if self._hidden:
+            return
+        self.parts.append(data if self._pre else re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> tuple[str, str]:
+    """The visible text of an HTML page, and its ``<title>``.
+
+    Block elements become line or paragraph breaks; ``script``, ``style``, ``head`` and other
+    non-rendered elements are dropped; entities are decoded.
+
+    Example:
+        >>> html_to_text("<title>T</title><p>a &amp; b</p><script>x()</script><p>c</p>")
+        ('a & b\\n\\nc', 'T')
+    """
+    parser = _VisibleText()
+    parser.feed(html)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).split("\n"))
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return text, " ".join("".join(parser.title).split())
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+
+
+def _decode_html(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        m = _META_CHARSET.search(raw[:4096])
+        if m is None:
+            raise ValueError(f"not UTF-8 text (byte {e.start}) and no <meta charset>") from None
+        name = m.group(1).decode("ascii")
+        try:
+            codecs.lookup(name)
+            return raw.decode(name)
+        except (LookupError, UnicodeDecodeError):
+            raise ValueError(f"cannot decode as its declared charset {name!r}") from None
+
+
+# -- files -------------------------------------------------------------------------------------
+
+
+def _check_binary(raw: bytes) -> None:
     if b"\0" in raw[:8192]:
         raise ValueError("binary file")
+
+
+def _read_text_file(path: Path) -> tuple[str, dict[str, Any]]:
+    raw = path.read_bytes()
+    _check_binary(raw)
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), {}
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 text (byte {e.start})") from None
+
+
+def _read_html_file(path: Path) -> tuple[str, dict[str, Any]]:
+    raw = path.read_bytes()
+    _check_binary(raw)
+    text, title = html_to_text(_decode_html(raw))
+    return text, ({"title": title} if title else {})
+
+
+def _read_pdf_file(path: Path) -> tuple[str, dict[str, Any]]:
+    try:
+        from llama_index.readers.file import PDFReader
+    except ImportError:
+        raise ValueError(PDF_INSTALL_HINT) from None
+    try:
+        pages = PDFReader().load_data(file=path)
+    except Exception as e:  # a third-party parser: any failure skips this one file
+        raise ValueError(f"PDF could not be read: {type(e).__name__}: {e}") from None
+    text = "\n\n".join(p.text.strip() for p in pages if p.text and p.text.strip())
+    return text, {"pages": len(pages)}
+
+
+_READERS: dict[str, Callable[[Path], tuple[str, dict[str, Any]]]] = {
+    **dict.fromkeys(HTML_SUFFIXES, _read_html_file),
+    **dict.fromkeys(PDF_SUFFIXES, _read_pdf_file),
+}
+
+
+def _read_file(path: Path, root: Path) -> Document:
+    read = _READERS.get(path.suffix.lower(), _read_text_file)
+    text, extra = read(path)
     if not text.strip():
-        raise ValueError("empty file")
+        raise ValueError("empty file" if path.stat().st_size == 0 else "no text in the file")
     rel = path.relative_to(root).as_posix()
-    return Document(doc_id=rel, text=text, metadata={"file_path": rel}, source=str(path))
+    return Document(doc_id=rel, text=text, metadata={"file_path": rel, **extra}, source=str(path))
 
 
 def read_directory(
     root: Path, skipped: list[Skipped], *, glob: str | None = None
 ) -> Iterator[Document]:
-    """Yield the text documents under ``root`` in a stable (sorted) order."""
+    """Yield the documents under ``root`` in a stable (sorted) order.
+
+    Without ``glob``, files with a known suffix are read (see :data:`READABLE_SUFFIXES`) and
+    others are ignored; with ``glob``, every matching file is read as text (or HTML/PDF by its
+    suffix). Hidden files and directories are ignored. Unreadable files go to ``skipped``.
+    """
     paths = sorted(root.glob(glob)) if glob else sorted(root.rglob("*"))
     for p in paths:
         if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
             continue
-        if glob is None and p.suffix.lower() not in TEXT_SUFFIXES:
+        if glob is None and p.suffix.lower() not in READABLE_SUFFIXES:
             continue
         try:
             yield _read_file(p, root)

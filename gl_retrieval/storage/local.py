@@ -33,7 +33,7 @@ from gl_retrieval.storage.base import (
     index_kwargs,
 )
 from gl_retrieval.storage.manifest import Manifest
-from gl_retrieval.storage.vectors import load_vector_store, new_vector_store
+from gl_retrieval.storage.vectors import VECTOR_STORE_FNAME, load_vector_store, new_vector_store
 
 __all__ = ["LocalStorage", "atomic_write_text"]
 
@@ -99,7 +99,19 @@ class LocalStorage:
         return documents_from_json((gen / DOCUMENTS).read_text(encoding="utf-8"))
 
     def load(self, *, embed_model: BaseEmbedding) -> IndexHandle:
+        # A writer may commit and remove this generation while we read it: then read the new one.
         gen = self._require_generation()
+        for _ in range(2):
+            try:
+                return self._load_generation(gen, embed_model=embed_model)
+            except FileNotFoundError:
+                newer = self.current_generation()
+                if newer is None or newer == gen:
+                    raise
+                gen = newer
+        return self._load_generation(gen, embed_model=embed_model)
+
+    def _load_generation(self, gen: Path, *, embed_model: BaseEmbedding) -> IndexHandle:
         manifest = Manifest.from_json((gen / MANIFEST).read_text(encoding="utf-8"))
         vector_store = load_vector_store(gen)
         sc = StorageContext.from_defaults(persist_dir=str(gen), vector_store=vector_store)
@@ -130,6 +142,9 @@ class LocalStorage:
                 raise StorageError(
                     f"another process is indexing into {self.persist_dir}; wait for it to finish"
                 ) from None
+            # The kernel drops a flock when its holder dies (even by kill -9), so holding it
+            # means any temporary left here belongs to a dead writer.
+            self._remove_temporaries()
             try:
                 yield
             finally:
@@ -145,7 +160,7 @@ class LocalStorage:
         tmp = self.persist_dir / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        handle.storage_context.persist(persist_dir=str(tmp))
+        handle.storage_context.persist(persist_dir=str(tmp), vector_store_fname=VECTOR_STORE_FNAME)
         for hook in handle.extras.get("persist_hooks", ()):
             hook(tmp)
         (tmp / DOCUMENTS).write_text(documents_to_json(handle.documents), encoding="utf-8")
@@ -162,6 +177,13 @@ class LocalStorage:
         atomic_write_text(self.persist_dir / CURRENT, name + "\n")
         handle.extras["dir"] = final
         self._remove_stale(keep=name)
+
+    def _remove_temporaries(self) -> None:
+        for p in self.persist_dir.iterdir():
+            if p.name.startswith(".tmp-gen-") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name.startswith(f".{CURRENT}.tmp-") and p.is_file():
+                p.unlink(missing_ok=True)
 
     def _remove_stale(self, *, keep: str) -> None:
         for p in self.persist_dir.iterdir():

@@ -1,20 +1,21 @@
-"""Which vector store the embedded backend uses inside a generation directory."""
+"""Which vector store the embedded backend keeps inside a generation directory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from llama_index.core.vector_stores import SimpleVectorStore
-from llama_index.core.vector_stores.types import BasePydanticVectorStore
+from gl_retrieval.storage.embedded import EmbeddedVectorStore
 
-__all__ = ["load_vector_store", "new_vector_store"]
+__all__ = ["VECTOR_STORE_FNAME", "load_vector_store", "new_vector_store"]
 
-VECTOR_STORE_FILE = "default__vector_store.json"
-
-
-def new_vector_store() -> BasePydanticVectorStore:
-    return SimpleVectorStore()
+#: ``StorageContext.persist(vector_store_fname=...)``: the store's directory is
+#: ``<generation>/default__<VECTOR_STORE_FNAME>``.
+VECTOR_STORE_FNAME = "vector_store"
 
 
-def load_vector_store(gen: Path) -> BasePydanticVectorStore:
-    return SimpleVectorStore.from_persist_path(str(gen / VECTOR_STORE_FILE))
+def new_vector_store() -> EmbeddedVectorStore:
+    return EmbeddedVectorStore()
+
+
+def load_vector_store(gen: Path) -> EmbeddedVectorStore:
+    return EmbeddedVectorStore.from_persist_path(str(gen / f"default__{VECTOR_STORE_FNAME}"))
