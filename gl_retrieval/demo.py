@@ -20,7 +20,7 @@ def demo_config(persist_dir: Path) -> dict[str, Any]:
     """The demo's config as a mapping (same schema as a YAML file)."""
     return {
         "embedder": {"provider": "huggingface", "model": "packaged:all-MiniLM-L6-v2"},
-        "retriever": {"top_k": 10, "mode": "dense"},
+        "retriever": {"top_k": 10},
         "storage": {"persist_dir": str(persist_dir)},
         "sources": [{"path": str(_data("demo_corpus.jsonl"))}],
         "chunking": {"chunk_size": 200, "chunk_overlap": 20},
