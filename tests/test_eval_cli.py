@@ -45,7 +45,9 @@ def cranfield_slice(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     data = _slice(shared_dataset("cranfield"), root / "cranfield", n_docs=SLICE_DOCS)
     cfg = root / "eval.yaml"
     cfg.write_text(
-        f'embedder: {{model: "{MINILM}"}}\nstorage: {{persist_dir: index}}\n', encoding="utf-8"
+        f'embedder: {{model: "{MINILM}"}}\nstorage: {{persist_dir: index}}\n'
+        "retriever: {mode: dense}\n",
+        encoding="utf-8",
     )
     return {"data": data, "config": cfg}
 
