@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -232,19 +233,7 @@ class RetrievalPipeline:
         """
         if not self._config.sources:
             raise ConfigError("the config has no `sources` to index: add sources: [{path: ...}]")
-        lock = getattr(self.storage, "write_lock", None)
-        with self._lock, lock() if lock else nullcontext():
-            summary = index_sources(
-                config=self._config,
-                embedder=self.embedder,
-                storage=self.storage,
-                rebuild=rebuild,
-                prune=prune,
-                show_progress=show_progress,
-                on_handle=self._before_commit(),
-            )
-            self._handle = None
-        return summary
+        return self._write(index_sources, rebuild=rebuild, prune=prune, show_progress=show_progress)
 
     def index_documents(
         self,
@@ -266,17 +255,24 @@ class RetrievalPipeline:
             >>> from gl_retrieval.sources import Document
             >>> pipe.index_documents([Document("d1", "BM25 is lexical.")])  # doctest: +SKIP
         """
+        return self._write(
+            functools.partial(index_documents, documents),
+            rebuild=rebuild,
+            prune=prune,
+            show_progress=show_progress,
+        )
+
+    def _write(self, run: Callable[..., IndexSummary], **options: bool) -> IndexSummary:
+        """Run one indexing function under the storage's writer lock, then drop the loaded index
+        so the next query sees the new commit."""
         lock = getattr(self.storage, "write_lock", None)
         with self._lock, lock() if lock else nullcontext():
-            summary = index_documents(
-                documents,
+            summary = run(
                 config=self._config,
                 embedder=self.embedder,
                 storage=self.storage,
-                rebuild=rebuild,
-                prune=prune,
-                show_progress=show_progress,
                 on_handle=self._before_commit(),
+                **options,
             )
             self._handle = None
         return summary

@@ -11,22 +11,26 @@ from collections.abc import Callable
 
 from gl_retrieval.config import HuggingFaceEmbedderConfig, OllamaEmbedderConfig
 from gl_retrieval.embedders.base import GLEmbedding
-from gl_retrieval.presets import resolve_prefixes
+from gl_retrieval.presets import Prefixes, resolve_prefixes
 
 __all__ = ["PROVIDERS", "GLEmbedding", "build_embedder", "get_embedder"]
 
 EmbedderConfig = HuggingFaceEmbedderConfig | OllamaEmbedderConfig
 
 
-def _build_huggingface(cfg: HuggingFaceEmbedderConfig) -> GLEmbedding:
-    from gl_retrieval.embedders.huggingface import SentenceTransformerEmbedder
-
-    p = resolve_prefixes(
+def _prefixes(cfg: EmbedderConfig) -> Prefixes:
+    return resolve_prefixes(
         cfg.model,
         preset=cfg.preset,
         query_prefix=cfg.query_prefix,
         document_prefix=cfg.document_prefix,
     )
+
+
+def _build_huggingface(cfg: HuggingFaceEmbedderConfig) -> GLEmbedding:
+    from gl_retrieval.embedders.huggingface import SentenceTransformerEmbedder
+
+    p = _prefixes(cfg)
     return SentenceTransformerEmbedder(
         model=cfg.model,
         revision=cfg.revision,
@@ -42,12 +46,7 @@ def _build_huggingface(cfg: HuggingFaceEmbedderConfig) -> GLEmbedding:
 def _build_ollama(cfg: OllamaEmbedderConfig) -> GLEmbedding:
     from gl_retrieval.embedders.ollama import OllamaEmbedder
 
-    p = resolve_prefixes(
-        cfg.model,
-        preset=cfg.preset,
-        query_prefix=cfg.query_prefix,
-        document_prefix=cfg.document_prefix,
-    )
+    p = _prefixes(cfg)
     return OllamaEmbedder(
         model=cfg.model,
         base_url=cfg.base_url,
