@@ -33,7 +33,7 @@ from gl_retrieval.sources import Document
 if TYPE_CHECKING:
     from llama_index.core.schema import TextNode
 
-__all__ = ["Chunk", "ChunkPlan", "Chunker", "effective_chunk_size"]
+__all__ = ["Chunk", "ChunkPlan", "Chunker", "effective_chunk_size", "split_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _approx_tokenize(embedder: GLEmbedding) -> Tokenize:
     return run
 
 
-def tokenizer_for(embedder: GLEmbedding) -> Tokenize:
+def _tokenizer_for(embedder: GLEmbedding) -> Tokenize:
     """Token counts and offsets in ``embedder``'s own tokenizer (a fast HF tokenizer when the
     provider has one), else the conservative estimate."""
     try:
@@ -207,7 +207,7 @@ class Chunker:
 
     def __init__(self, plan: ChunkPlan, embedder: GLEmbedding) -> None:
         self.plan = plan
-        self._tokenize = tokenizer_for(embedder)
+        self._tokenize = _tokenizer_for(embedder)
 
     def split(self, docs: Sequence[Document]) -> list[Chunk]:
         """Chunk ``docs`` (one batched tokenizer call); documents that fit stay whole."""

@@ -105,6 +105,7 @@ class IndexSummary:
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
+        """Add the time spent in the ``with`` block to ``timings[phase]``."""
         t = time.perf_counter()
         try:
             yield

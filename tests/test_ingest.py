@@ -485,3 +485,24 @@ def test_progress_bar_goes_to_stderr(
     captured = capsys.readouterr()
     assert "embedding" in captured.err and "3/3" in captured.err
     assert captured.out == ""
+
+
+def test_a_reader_racing_a_commit_loads_the_new_generation(
+    tmp_path: Path, docs_dir: Path, minilm_embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _config(tmp_path, docs_dir)
+    _index(cfg)
+    (docs_dir / "more.txt").write_text("More text about sparse retrieval.", encoding="utf-8")
+    load_generation = LocalStorage._load_generation
+    raced: list[Path] = []
+
+    def racing(self: LocalStorage, gen: Path, *, embed_model: Any) -> Any:
+        if not raced:  # between reading CURRENT and reading the files, a writer commits
+            raced.append(gen)
+            _index(cfg)  # ... and removes the generation this reader was about to load
+        return load_generation(self, gen, embed_model=embed_model)
+
+    monkeypatch.setattr(LocalStorage, "_load_generation", racing)
+    handle = LocalStorage(tmp_path / "index").load(embed_model=minilm_embedder)
+    assert raced[0].name == "gen-000001" and not raced[0].exists()
+    assert "more.txt" in handle.documents and handle.extras["dir"].name == "gen-000002"
