@@ -67,17 +67,6 @@ def _ensure_offline_reranker(cfg: PipelineConfig) -> None:
     make_tiny_cross_encoder(cfg.reranker.model)
 
 
-def quiet_model_loading() -> None:
-    """Silence transformers' per-load progress bars: an example's output should be its results."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
 def snippet(text: str, width: int = 100) -> str:
     """One line of ``text``, cut to ``width`` characters."""
     flat = " ".join(text.split())

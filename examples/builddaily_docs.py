@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from _common import load_example_config, parser, print_json, quiet_model_loading, snippet
+from _common import load_example_config, parser, print_json, snippet
 
 from gl_retrieval import RetrievalPipeline
+from gl_retrieval.models import quiet_model_loading
 
 QUESTIONS = [
     "How do I use a hub model on a machine without internet?",

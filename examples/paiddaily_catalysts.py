@@ -21,10 +21,11 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from _common import load_example_config, parser, print_json, quiet_model_loading, snippet
+from _common import load_example_config, parser, print_json, snippet
 from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters
 
 from gl_retrieval import RetrievalPipeline
+from gl_retrieval.models import quiet_model_loading
 
 SETUP = (
     "token unlock coming up after a long base; price broke out on heavy volume and RSI "

@@ -18,9 +18,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from _common import load_example_config, parser, print_json, quiet_model_loading, snippet
+from _common import load_example_config, parser, print_json, snippet
 
 from gl_retrieval import RetrievalPipeline
+from gl_retrieval.models import quiet_model_loading
 
 #: One query per day's reading: what the reader wants the canon to speak to.
 READINGS = [

@@ -17,6 +17,7 @@ import typer
 
 from gl_retrieval.config import PipelineConfig, load_config
 from gl_retrieval.errors import GLRetrievalError
+from gl_retrieval.models import quiet_model_loading
 
 __all__ = ["app", "main"]
 
@@ -60,21 +61,10 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _quiet_model_loading() -> None:
-    # The CLI owns its process, so it may silence transformers' per-load weight progress bars.
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
 def _pipeline(config: Path) -> Any:
     from gl_retrieval.pipeline import RetrievalPipeline
 
-    _quiet_model_loading()
+    quiet_model_loading()
     return RetrievalPipeline.from_config(load_config(config))
 
 
@@ -309,7 +299,7 @@ def demo(
     """Index a small bundled corpus with the packaged MiniLM and answer a few queries, offline."""
     from gl_retrieval.demo import run_demo
 
-    _quiet_model_loading()
+    quiet_model_loading()
     report = run_demo(persist_dir=persist_dir, show_progress=not as_json)
     if as_json:
         _print_json(report)

@@ -42,6 +42,7 @@ __all__ = [
     "model_load_error",
     "pull_model",
     "pull_models",
+    "quiet_model_loading",
     "resolve_model_path",
 ]
 
@@ -381,3 +382,17 @@ def pull_models(
         ...     print(r.line())
     """
     return [pull_model(ref, log=log) for ref in configured_models(cfg)]
+
+
+def quiet_model_loading() -> None:
+    """Silence transformers' per-load progress bars and advisory logs.
+
+    For programs that own their process (the CLI, the examples): it changes transformers'
+    process-wide logging, so a library caller should decide for itself.
+    """
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -32,7 +32,9 @@ TOKENIZER_FILES = (
 )
 
 
-def make_tiny_cross_encoder(path: str | os.PathLike[str], *, seed: int = 0) -> Path:
+def make_tiny_cross_encoder(
+    path: str | os.PathLike[str], *, seed: int = 0, num_labels: int = 1
+) -> Path:
     """Write a tiny ``BertForSequenceClassification(num_labels=1)`` to ``path`` (once).
 
     Two layers of width 32, random weights from ``seed``, with the packaged MiniLM's tokenizer:
@@ -42,6 +44,7 @@ def make_tiny_cross_encoder(path: str | os.PathLike[str], *, seed: int = 0) -> P
     Args:
         path: Directory to create.
         seed: Torch seed for the random weights (the same seed gives the same scores).
+        num_labels: Classifier outputs; a reranker needs 1 (others exist to test refusal).
 
     Returns:
         ``path``, ready to use as ``reranker.model``.
@@ -64,7 +67,7 @@ def make_tiny_cross_encoder(path: str | os.PathLike[str], *, seed: int = 0) -> P
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=512,
-        num_labels=1,
+        num_labels=num_labels,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -88,24 +88,11 @@ def test_pipeline_reranks_with_injected_scorer(small_config: dict[str, Any]) -> 
     assert len(pipe.retrieve("pgvector", top_n=1)) == 1
 
 
-def test_a_classifier_with_several_labels_is_refused(tmp_path: Path, minilm_path: Path) -> None:
-    import shutil
-
-    from transformers import BertConfig, BertForSequenceClassification
-
+def test_a_classifier_with_several_labels_is_refused(tmp_path: Path) -> None:
     from gl_retrieval.errors import ModelLoadError
+    from gl_retrieval.testing import make_tiny_cross_encoder
 
-    cfg = BertConfig(
-        vocab_size=30522,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-    )
-    BertForSequenceClassification(cfg).save_pretrained(tmp_path)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
-        shutil.copy(minilm_path / name, tmp_path / name)
-    rr = build_reranker(RerankerConfig(model=str(tmp_path), top_n=1, device="cpu"))
+    model = make_tiny_cross_encoder(tmp_path / "three-labels", num_labels=3)
+    rr = build_reranker(RerankerConfig(model=str(model), top_n=1, device="cpu"))
     with pytest.raises(ModelLoadError, match="3 output labels"):
         rr.warmup()

@@ -25,6 +25,7 @@ from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_s
 from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from gl_retrieval.errors import IndexNotFoundError, StorageError
+from gl_retrieval.storage._files import atomic_write, fsync_dir
 from gl_retrieval.storage.base import (
     DocRecord,
     IndexHandle,
@@ -42,23 +43,10 @@ MANIFEST = "manifest.json"
 DOCUMENTS = "documents.json"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    fsync_dir(path.parent)
 
 
 class LocalStorage:
@@ -169,11 +157,11 @@ class LocalStorage:
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         final = self.persist_dir / name
         shutil.rmtree(final, ignore_errors=True)  # a leftover of a crashed commit, never CURRENT
         os.rename(tmp, final)
-        _fsync_dir(self.persist_dir)
+        fsync_dir(self.persist_dir)
         atomic_write_text(self.persist_dir / CURRENT, name + "\n")
         handle.extras["dir"] = final
         self._remove_stale(keep=name)
