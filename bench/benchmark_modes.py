@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from gl_retrieval.eval_plot import plot_reports  # noqa: E402
-from gl_retrieval.eval_runner import EvalReport, evaluate_pipeline, write_report  # noqa: E402
+from gl_retrieval.eval.plot import plot_reports  # noqa: E402
+from gl_retrieval.eval.runner import EvalReport, evaluate_pipeline, write_report  # noqa: E402
 
 DATASETS = {"scifact": "train", "cranfield": "test", "cisi": "test"}
 MODES = "dense,bm25,hybrid:rrf,hybrid:convex"
@@ -54,10 +54,10 @@ def table(reports: Sequence[EvalReport]) -> str:
 
 def latency_table(names: Sequence[str], data: Path, *, n: int = 100) -> str:
     """p50/p95 of the full single-query path per dataset and mode, as `eval` measures it."""
-    from gl_retrieval.eval_runner import _time_single_queries, parse_modes
-    from gl_retrieval.evaluation import load_beir
+    from gl_retrieval.eval.metrics import load_beir
+    from gl_retrieval.eval.runner import _time_single_queries, parse_modes
     from gl_retrieval.pipeline import RetrievalPipeline
-    from gl_retrieval.retrievers import build_first_stage
+    from gl_retrieval.retrieval.retrievers import build_first_stage
 
     lines = ["| dataset | run | p50 ms | p95 ms |", "|---|---|---:|---:|"]
     for name in names:

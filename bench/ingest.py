@@ -19,7 +19,7 @@ runs ``--repeats`` times, interleaved ((a) and (b) back to back, alternating whi
 Reported: the best (minimum) wall time of each, since on a shared machine noise only ever adds
 time; the median of the per-repeat (b)/(a) ratios; and (b)/(a) in CPU seconds (user + sys of the
 process), which the other jobs on a shared machine disturb far less than wall time. (a) also
-reports its phases (from the INFO log line of ``gl_retrieval.ingest``), so the vector-store
+reports its phases (from the INFO log line of ``gl_retrieval.ingest.indexer``), so the vector-store
 persist can be re-measured after a store change.
 
 Usage::
@@ -58,7 +58,7 @@ CHUNK_SIZE, CHUNK_OVERLAP = 254, 32
 A_PRELUDE = """
 import logging, sys
 logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-logging.getLogger("gl_retrieval.ingest").setLevel(logging.INFO)
+logging.getLogger("gl_retrieval.ingest.indexer").setLevel(logging.INFO)
 from gl_retrieval.cli import main
 sys.argv = ["gl-retrieval", *sys.argv[1:]]
 main()
@@ -140,10 +140,10 @@ def _run(cmd: list[str]) -> dict[str, Any]:
 
 def _prepare(name: str, limit: int, work: Path) -> tuple[Path, Path, int, int]:
     """Write the corpus subset, the config, and the chunk texts gl_retrieval will embed."""
-    from gl_retrieval.chunking import Chunker, effective_chunk_size
     from gl_retrieval.config import ChunkingConfig, HuggingFaceEmbedderConfig
     from gl_retrieval.embedders import get_embedder
-    from gl_retrieval.sources import Skipped, read_jsonl
+    from gl_retrieval.ingest.chunking import Chunker, effective_chunk_size
+    from gl_retrieval.ingest.sources import Skipped, read_jsonl
 
     src = DATA / name / "corpus.jsonl"
     lines = src.read_text(encoding="utf-8").splitlines(keepends=True)

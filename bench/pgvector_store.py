@@ -109,7 +109,7 @@ def exact_top(corpus: np.ndarray, queries: np.ndarray, mask: np.ndarray | None =
 
 def storage_for(url: str, table: str, **kw: Any) -> Any:
     from gl_retrieval.config import PostgresStorageConfig
-    from gl_retrieval.storage.postgres import PostgresStorage
+    from gl_retrieval.storage.postgres.store import PostgresStorage
 
     return PostgresStorage(PostgresStorageConfig(backend="postgres", url=url, table=table, **kw))
 

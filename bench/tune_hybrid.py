@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gl_retrieval.config import parse_config  # noqa: E402
-from gl_retrieval.evaluation import doc_level_ranking, evaluate_per_query, load_beir  # noqa: E402
-from gl_retrieval.lexical import chunk_ids, lexical_index  # noqa: E402
-from gl_retrieval.retrievers import convex_fuse, rrf_fuse  # noqa: E402
+from gl_retrieval.eval.metrics import doc_level_ranking, evaluate_per_query, load_beir  # noqa: E402
+from gl_retrieval.retrieval.lexical import chunk_ids, lexical_index  # noqa: E402
+from gl_retrieval.retrieval.retrievers import convex_fuse, rrf_fuse  # noqa: E402
 
 DATASETS = {"scifact": "train", "cranfield": "test", "cisi": "test"}
 DEPTH = 1000  # cached per retriever and query
@@ -75,8 +75,8 @@ def _vectors(handle: Any, ids: Sequence[str]) -> np.ndarray:
 
 def build_cache(name: str, data_dir: Path, out: Path) -> Path:
     """Index ``name`` (once) and cache dense and BM25 top-DEPTH chunk lists per judged query."""
+    from gl_retrieval.ingest.sources import read_jsonl
     from gl_retrieval.pipeline import RetrievalPipeline
-    from gl_retrieval.sources import read_jsonl
 
     cache = out / "tune" / f"{name}.npz"
     if cache.exists():

@@ -31,9 +31,9 @@ from gl_retrieval.errors import (
 )
 
 if TYPE_CHECKING:
-    from gl_retrieval.ingest import IndexSummary
+    from gl_retrieval.ingest.indexer import IndexSummary
     from gl_retrieval.pipeline import RetrievalPipeline
-    from gl_retrieval.results import RankedNode
+    from gl_retrieval.retrieval.results import RankedNode
 
 __version__ = "0.1.0"
 
@@ -60,8 +60,8 @@ __all__ = [
 
 _LAZY = {
     "RetrievalPipeline": "gl_retrieval.pipeline",
-    "IndexSummary": "gl_retrieval.ingest",
-    "RankedNode": "gl_retrieval.results",
+    "IndexSummary": "gl_retrieval.ingest.indexer",
+    "RankedNode": "gl_retrieval.retrieval.results",
 }
 
 

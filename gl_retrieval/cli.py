@@ -157,7 +157,7 @@ def query(
     as_json: JsonOpt = False,
 ) -> None:
     """Retrieve (and rerank) the best chunks for a query."""
-    from gl_retrieval.filters import parse_filters
+    from gl_retrieval.retrieval.filters import parse_filters
 
     parsed = parse_filters(filters or None)  # a bad filter fails before any model loads
     pipe = _pipeline(config)
@@ -219,7 +219,7 @@ def eval_(
     The dataset supplies the corpus (the config's sources are ignored); the stored index is
     reused when it already holds that corpus, so comparing modes embeds it once.
     """
-    from gl_retrieval.eval_runner import evaluate_pipeline, write_report
+    from gl_retrieval.eval.runner import evaluate_pipeline, write_report
 
     pipe = _pipeline(config)
     result = evaluate_pipeline(

@@ -29,19 +29,19 @@ from llama_index.core.vector_stores.types import MetadataFilters
 from gl_retrieval.config import PipelineConfig, load_config, parse_config
 from gl_retrieval.embedders import GLEmbedding, get_embedder
 from gl_retrieval.errors import ConfigError, LLMNotConfiguredError
-from gl_retrieval.filters import parse_filters
-from gl_retrieval.ingest import IndexSummary, index_documents, index_sources
-from gl_retrieval.lexical import attach_lexical, lexical_index
-from gl_retrieval.rerankers import CrossEncoderReranker, build_reranker
-from gl_retrieval.results import RankedNode
-from gl_retrieval.retrievers import TwoStageRetriever, build_first_stage
-from gl_retrieval.sources import Document
+from gl_retrieval.ingest.indexer import IndexSummary, index_documents, index_sources
+from gl_retrieval.ingest.sources import Document
+from gl_retrieval.retrieval.filters import parse_filters
+from gl_retrieval.retrieval.lexical import attach_lexical, lexical_index
+from gl_retrieval.retrieval.rerankers import CrossEncoderReranker, build_reranker
+from gl_retrieval.retrieval.results import RankedNode
+from gl_retrieval.retrieval.retrievers import TwoStageRetriever, build_first_stage
 from gl_retrieval.storage import IndexHandle, Storage, check_compatible, open_storage
 
 __all__ = ["Answer", "RetrievalOnlyQueryEngine", "RetrievalPipeline"]
 
 #: What ``filters=`` accepts: ``MetadataFilters``, strings like ``"ticker=PENDLE"`` or a mapping
-#: (see :func:`gl_retrieval.filters.parse_filters`).
+#: (see :func:`gl_retrieval.retrieval.filters.parse_filters`).
 FiltersArg = MetadataFilters | Mapping[str, Any] | Sequence[str] | str | None
 
 
@@ -81,7 +81,7 @@ class RetrievalOnlyQueryEngine(BaseQueryEngine):
         nodes = self._retriever.retrieve(query_bundle)
         if self._llm is None:
             return Response(response="", source_nodes=nodes)
-        from gl_retrieval.llms import synthesize_answer
+        from gl_retrieval.ollama.llm import synthesize_answer
 
         text = synthesize_answer(self._llm, query_bundle.query_str, nodes)
         return Response(response=text, source_nodes=nodes)
@@ -165,7 +165,7 @@ class RetrievalPipeline:
     def llm(self) -> LLM | None:
         """The answering LLM from the ``llm`` section, or None (retrieval-only)."""
         if self._llm is None and self._config.llm is not None:
-            from gl_retrieval.llms import build_ollama_llm
+            from gl_retrieval.ollama.llm import build_ollama_llm
 
             c = self._config.llm
             self._llm = build_ollama_llm(
@@ -252,7 +252,7 @@ class RetrievalPipeline:
             show_progress: Show a progress bar while embedding.
 
         Example:
-            >>> from gl_retrieval.sources import Document
+            >>> from gl_retrieval.ingest.sources import Document
             >>> pipe.index_documents([Document("d1", "BM25 is lexical.")])  # doctest: +SKIP
         """
         return self._write(
@@ -291,7 +291,7 @@ class RetrievalPipeline:
         Args:
             filters: Metadata filters applied before ``top_k`` is taken, in every mode:
                 ``MetadataFilters``, strings like ``["ticker=PENDLE", "date<2026-01-01"]`` or
-                a mapping like ``{"ticker": "PENDLE"}`` (see :mod:`gl_retrieval.filters`).
+                a mapping like ``{"ticker": "PENDLE"}`` (see :mod:`gl_retrieval.retrieval.filters`).
             top_k: Candidates to retrieve; default ``retriever.top_k``.
             top_n: Results to return; default ``reranker.top_n`` (or all ``top_k`` without one).
         """
@@ -381,7 +381,7 @@ class RetrievalPipeline:
                 "`llm: {provider: ollama, model: llama3.2}` (retrieval works without one: "
                 "use `query`)"
             )
-        from gl_retrieval.llms import synthesize_answer
+        from gl_retrieval.ollama.llm import synthesize_answer
 
         sources = self.retrieve(question, filters=filters, top_k=top_k, top_n=top_n)
         return Answer(

@@ -6,7 +6,7 @@
 - every ``gl-retrieval ...`` command, in ``bash`` blocks and in inline code, parses against the
   real typer app (command, sub-command, options, arguments);
 - every error message in docs/troubleshooting.md is raised for real here and must match;
-- docs/configuration.md is what ``python -m gl_retrieval.docgen`` generates from the schema;
+- docs/configuration.md is what ``python -m tools.docgen`` generates from the schema;
 - relative links and module paths in the docs point at things that exist.
 """
 
@@ -31,8 +31,8 @@ from typer.exceptions import TyperException
 from gl_retrieval import GLRetrievalError, RetrievalPipeline, load_config
 from gl_retrieval.cli import app
 from gl_retrieval.config import PipelineConfig, RerankerConfig
-from gl_retrieval.docgen import missing_descriptions, render_config_reference
 from tests.conftest import MINILM, ROOT
+from tools.docgen import missing_descriptions, render_config_reference
 
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md")) + [
@@ -262,7 +262,7 @@ def test_command_checker_catches_mistakes() -> None:
 def test_configuration_reference_is_up_to_date() -> None:
     page = DOCS / "configuration.md"
     assert page.read_text(encoding="utf-8") == render_config_reference(), (
-        "docs/configuration.md is out of date: run `python -m gl_retrieval.docgen`"
+        "docs/configuration.md is out of date: run `python -m tools.docgen`"
     )
 
 
@@ -403,7 +403,7 @@ def _model_offline(env: Env) -> str:
 
 
 def _model_unreachable(env: Env) -> str:
-    from gl_retrieval.rerankers import build_reranker
+    from gl_retrieval.retrieval.rerankers import build_reranker
 
     _offline_hf(env)
     env.monkeypatch.delenv("HF_HUB_OFFLINE")

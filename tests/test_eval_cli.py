@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from gl_retrieval.cli import app
 from gl_retrieval.config import RerankerConfig, RetrieverConfig
 from gl_retrieval.errors import ConfigError
-from gl_retrieval.eval_runner import evaluate_pipeline, parse_modes
-from gl_retrieval.evaluation import load_beir
+from gl_retrieval.eval.metrics import load_beir
+from gl_retrieval.eval.runner import evaluate_pipeline, parse_modes
 from tests.conftest import MINILM, SMALL_CORPUS, shared_dataset, write_corpus
 
 SLICE_DOCS = 150
@@ -179,7 +179,7 @@ def test_parse_modes() -> None:
 def test_eval_reports_retrieval_and_rerank_stages(cranfield_slice: dict[str, Path]) -> None:
     from gl_retrieval.config import load_config
     from gl_retrieval.pipeline import RetrievalPipeline
-    from gl_retrieval.rerankers import build_reranker
+    from gl_retrieval.retrieval.rerankers import build_reranker
 
     cfg = load_config(cranfield_slice["config"]).model_copy(update={"reranker": RerankerConfig()})
     assert cfg.reranker is not None

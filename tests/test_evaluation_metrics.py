@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gl_retrieval.errors import ConfigError, SourceError
-from gl_retrieval.evaluation import (
+from gl_retrieval.eval.metrics import (
     GAIN_PRESETS,
     doc_level_ranking,
     evaluate,

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from gl_retrieval import FilterError, RetrievalPipeline
 from gl_retrieval.cli import app
-from gl_retrieval.filters import (
+from gl_retrieval.retrieval.filters import (
     check_filters,
     matches,
     metadata_schema,

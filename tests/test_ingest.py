@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from gl_retrieval import RetrievalPipeline
-from gl_retrieval.chunking import Chunker, effective_chunk_size, split_offsets
 from gl_retrieval.config import ChunkingConfig
 from gl_retrieval.errors import StorageError
-from gl_retrieval.sources import Document, Skipped, html_to_text, read_sources
+from gl_retrieval.ingest.chunking import Chunker, effective_chunk_size, split_offsets
+from gl_retrieval.ingest.sources import Document, Skipped, html_to_text, read_sources
 from gl_retrieval.storage import LocalStorage
 from tests.conftest import MINILM, ROOT, write_corpus
 

@@ -18,10 +18,10 @@ from llama_index.core.llms import ChatMessage
 from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.core.settings import Settings
 
-from gl_retrieval._ollama import resolve_base_url
 from gl_retrieval.embedders.ollama import OllamaEmbedder
 from gl_retrieval.errors import ConfigError, EmbeddingError, ModelLoadError, OllamaError
-from gl_retrieval.llms import NO_SOURCES_ANSWER, build_ollama_llm, synthesize_answer
+from gl_retrieval.ollama.client import resolve_base_url
+from gl_retrieval.ollama.llm import NO_SOURCES_ANSWER, build_ollama_llm, synthesize_answer
 from tests.ollama_server import FakeOllama, closed_port, minilm_path
 
 DOC = "search_document: "

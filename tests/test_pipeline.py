@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gl_retrieval import IndexMismatchError, IndexNotFoundError, RetrievalPipeline
-from gl_retrieval.results import RankedNode
+from gl_retrieval.retrieval.results import RankedNode
 from tests.conftest import ROOT
 
 

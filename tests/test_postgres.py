@@ -178,7 +178,7 @@ def test_indexing_and_filtering_never_read_every_chunk_back(
     pg_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The BM25 side (embedded only) and the filter type check would read the whole table."""
-    from gl_retrieval.storage._pgvector import StagedPGVectorStore
+    from gl_retrieval.storage.postgres.vectors import StagedPGVectorStore
 
     def everything(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("read every chunk back from PostgreSQL")
@@ -368,7 +368,7 @@ def test_incremental_commits_in_place_and_by_rebuild_agree(
 ) -> None:
     from llama_index.core.embeddings import MockEmbedding
 
-    from gl_retrieval.storage import postgres
+    from gl_retrieval.storage.postgres import commit as postgres
 
     storage = _storage(pg, table)
     emb = MockEmbedding(embed_dim=8)
@@ -444,7 +444,7 @@ def test_async_queries_use_the_same_table(pg: PG, table: str) -> None:
 def test_a_failed_commit_leaves_the_previous_index(
     pg_config: dict[str, Any], pg: PG, table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gl_retrieval.storage import _pgcommit
+    from gl_retrieval.storage.postgres import commit as _pgcommit
 
     RetrievalPipeline.from_config(pg_config).index()
     changed = [{**d, "text": d["text"] + " Changed."} for d in SMALL_CORPUS[:2]] + SMALL_CORPUS[2:]
@@ -474,7 +474,7 @@ def test_one_writer_at_a_time(pg_config: dict[str, Any]) -> None:
 
 
 def test_a_commit_on_a_stale_handle_is_refused(pg_config: dict[str, Any]) -> None:
-    from gl_retrieval.ingest import index_sources
+    from gl_retrieval.ingest.indexer import index_sources
 
     cfg = parse_config(pg_config)
     first = RetrievalPipeline.from_config(cfg)
@@ -490,7 +490,7 @@ def test_a_commit_on_a_stale_handle_is_refused(pg_config: dict[str, Any]) -> Non
 
 
 def test_location_and_url_checks_never_show_the_password() -> None:
-    from gl_retrieval.storage.postgres import PostgresStorage
+    from gl_retrieval.storage.postgres.store import PostgresStorage
 
     cfg = PostgresStorageConfig(
         backend="postgres", url="postgresql://app:s3cret@db.internal:6543/search", table="Docs"
@@ -508,7 +508,7 @@ def test_filter_sql_binds_values_and_keeps_equality_indexable() -> None:
     from sqlalchemy import column
     from sqlalchemy.dialects import postgresql
 
-    from gl_retrieval.storage._pg_filters import filters_clause
+    from gl_retrieval.storage.postgres.filters import filters_clause
 
     meta = column("metadata_", postgresql.JSONB)
     clause = filters_clause(meta, _filters(("ticker", "==", "x' OR 1=1 --"), ("n", "in", [1, 2])))

@@ -11,8 +11,8 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from gl_retrieval import RetrievalPipeline
 from gl_retrieval.config import RerankerConfig
-from gl_retrieval.rerankers import CrossEncoderReranker, build_reranker
-from gl_retrieval.results import RankedNode
+from gl_retrieval.retrieval.rerankers import CrossEncoderReranker, build_reranker
+from gl_retrieval.retrieval.results import RankedNode
 
 
 def keyword_scorer(query: str, passages: Sequence[str]) -> list[float]:

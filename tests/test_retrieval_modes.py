@@ -14,8 +14,8 @@ from llama_index.core.schema import TextNode
 
 from gl_retrieval import ConfigError, RetrievalPipeline
 from gl_retrieval.config import RetrieverConfig
-from gl_retrieval.lexical import LexicalIndex, analyze, iter_chunks
-from gl_retrieval.retrievers import (
+from gl_retrieval.retrieval.lexical import LexicalIndex, analyze, iter_chunks
+from gl_retrieval.retrieval.retrievers import (
     BM25Retriever,
     HybridRetriever,
     convex_fuse,
@@ -244,7 +244,7 @@ def test_index_without_bm25_side_is_rebuilt_in_memory(
     import shutil
 
     shutil.rmtree(_gen(small_config) / "bm25")  # as an index committed before BM25 existed
-    with caplog.at_level(logging.WARNING, logger="gl_retrieval.lexical"):
+    with caplog.at_level(logging.WARNING, logger="gl_retrieval.retrieval.lexical"):
         hits = RetrievalPipeline.from_config(_cfg(small_config, "bm25")).retrieve("HNSW indexes")
     assert hits[0].doc_id == "pg"
     assert "no up-to-date BM25 side" in caplog.text

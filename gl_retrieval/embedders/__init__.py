@@ -1,4 +1,7 @@
-"""Embedder providers: a closed registry from ``embedder.provider`` to a builder.
+"""Embedders: a closed registry from ``embedder.provider`` to a builder.
+
+Takes the ``embedder`` config; hands on a ``GLEmbedding`` (a LlamaIndex embedding with explicit
+query/document prefixes and its tokenizer) to ingest, storage and retrieval.
 
 Config never names code to import; adding a provider means adding a builder here. Built embedders
 are cached per config, so the index-time and query-time embedder are one loaded model.

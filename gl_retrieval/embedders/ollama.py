@@ -23,15 +23,15 @@ import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from gl_retrieval._deps import require
-from gl_retrieval._ollama import (
+from gl_retrieval.embedders.base import GLEmbedding
+from gl_retrieval.errors import ConfigError, EmbeddingError, ModelLoadError, OllamaError
+from gl_retrieval.ollama.client import (
     connection_refused_error,
     is_context_length_error,
     missing_model_error,
     resolve_base_url,
     timeout_error,
 )
-from gl_retrieval.embedders.base import GLEmbedding
-from gl_retrieval.errors import ConfigError, EmbeddingError, ModelLoadError, OllamaError
 
 if TYPE_CHECKING:
     import ollama

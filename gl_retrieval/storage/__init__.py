@@ -1,6 +1,8 @@
-"""Storage backends: where a persisted index lives, with its manifest.
+"""Storage: where a persisted index lives, with the manifest of what built it.
 
-``open_storage(config.storage)`` picks the backend from the config's closed set.
+Takes the ``storage`` config and an embedder; hands on an ``IndexHandle`` (a LlamaIndex
+``VectorStoreIndex`` over the embedded store or Postgres, with its manifest and document records)
+to ingest and retrieval. ``open_storage(config.storage)`` picks the backend from a closed set.
 """
 
 from __future__ import annotations
@@ -25,6 +27,6 @@ def open_storage(cfg: EmbeddedStorageConfig | PostgresStorageConfig) -> Storage:
     """Return the backend for a storage config (cheap: nothing is loaded or connected yet)."""
     if isinstance(cfg, EmbeddedStorageConfig):
         return LocalStorage(cfg.persist_dir)
-    from gl_retrieval.storage.postgres import PostgresStorage
+    from gl_retrieval.storage.postgres.store import PostgresStorage
 
     return PostgresStorage(cfg)

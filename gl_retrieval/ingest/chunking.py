@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from gl_retrieval.config import ChunkingConfig
 from gl_retrieval.embedders.base import GLEmbedding
-from gl_retrieval.sources import Document
+from gl_retrieval.ingest.sources import Document
 
 if TYPE_CHECKING:
     from llama_index.core.schema import TextNode

@@ -265,8 +265,8 @@ def _build_from_handle(handle: IndexHandle) -> LexicalIndex:
 def attach_lexical(handle: IndexHandle) -> None:
     """Rebuild the BM25 side from all chunks of ``handle`` and persist it on the next commit.
 
-    Pass it as ``on_handle`` to :func:`gl_retrieval.ingest.index_documents`: it runs only when
-    an ``index`` run changed something (a no-change run commits nothing and costs nothing).
+    Pass it as ``on_handle`` to :func:`gl_retrieval.ingest.indexer.index_documents`: it runs
+    only when an ``index`` run changed something (a no-change run commits nothing, costs nothing).
     """
     t0 = time.perf_counter()
     lexical = _build_from_handle(handle)

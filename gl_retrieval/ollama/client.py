@@ -1,7 +1,7 @@
 """What the Ollama embedder and the Ollama LLM share: the server address and the error mapping.
 
-Private module. Both :mod:`gl_retrieval.embedders.ollama` and :mod:`gl_retrieval.llms` talk to an
-Ollama server through the official ``ollama`` client (an ``httpx`` client underneath). This module
+Both :mod:`gl_retrieval.embedders.ollama` and :mod:`gl_retrieval.ollama.llm` talk to an Ollama
+server through the official ``ollama`` client (an ``httpx`` client underneath). This module
 turns its host setting into one canonical URL and its exceptions into one-line
 :class:`~gl_retrieval.errors.OllamaError` messages that say what failed, where, and what to do.
 """

@@ -1,6 +1,6 @@
 """The Postgres commit: staged chunk writes, document rows and manifest in one transaction.
 
-Steps, all inside ``BEGIN ... COMMIT`` (see :mod:`gl_retrieval.storage.postgres`):
+Steps, all inside ``BEGIN ... COMMIT`` (see :mod:`gl_retrieval.storage.postgres.store`):
 
 1. a transaction advisory lock per table, then create the extension and the small tables if
    missing, and check the manifest's generation is the one the handle started from;
@@ -14,24 +14,53 @@ Steps, all inside ``BEGIN ... COMMIT`` (see :mod:`gl_retrieval.storage.postgres`
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gl_retrieval.errors import IndexMismatchError, StorageError
-from gl_retrieval.storage._pgcopy import copy_rows, node_row
-from gl_retrieval.storage._pgvector import StagedChanges, StagedPGVectorStore
 from gl_retrieval.storage.base import IndexHandle
+from gl_retrieval.storage.postgres.copy import copy_rows, node_row
+from gl_retrieval.storage.postgres.sql import (
+    BASE,
+    BASE_CHUNKS,
+    GENERATION,
+    ident,
+    lock_key,
+    qname,
+    snapshot,
+)
+from gl_retrieval.storage.postgres.vectors import StagedChanges, StagedPGVectorStore
 
 if TYPE_CHECKING:
-    from gl_retrieval.storage.postgres import PostgresStorage
+    from contextlib import AbstractContextManager
 
-__all__ = ["commit"]
+    from gl_retrieval.config import PostgresStorageConfig
+
+__all__ = ["REBUILD_FRACTION", "REBUILD_MIN_ROWS", "CommitTarget", "commit"]
+
+#: Commits adding at least this many rows, and at least REBUILD_FRACTION of the resulting
+#: table, rebuild the table with a bulk HNSW build instead of inserting row by row.
+REBUILD_MIN_ROWS = 1_000
+REBUILD_FRACTION = 0.1
 
 
-def commit(storage: PostgresStorage, handle: IndexHandle, store: StagedPGVectorStore) -> int:
+class CommitTarget(Protocol):
+    """What the commit needs of the store that calls it (``PostgresStorage`` passes itself)."""
+
+    config: PostgresStorageConfig
+    location: str
+    table: str
+    vectors: str
+    manifest_table: str
+    documents_table: str
+
+    def engines(self) -> tuple[Any, Any]: ...
+
+    def errors(self, action: str) -> AbstractContextManager[None]: ...
+
+
+def commit(storage: CommitTarget, handle: IndexHandle, store: StagedPGVectorStore) -> int:
     """Apply ``handle`` (see the module docstring); returns the new generation number."""
     from sqlalchemy import text
-
-    from gl_retrieval.storage import postgres as pg
 
     staged = store.staged
     manifest = handle.manifest
@@ -44,14 +73,14 @@ def commit(storage: PostgresStorage, handle: IndexHandle, store: StagedPGVectorS
     engine, _ = storage.engines()
     with storage.errors("commit the index"), engine.begin() as conn:
         conn.execute(
-            text("SELECT pg_advisory_xact_lock(:k)"), {"k": pg._lock_key("commit", storage.table)}
+            text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key("commit", storage.table)}
         )
         _ensure_extension(storage, conn)
         _create_small_tables(storage, conn)
         current = conn.execute(
-            text(f"SELECT generation FROM {pg._q(storage.manifest_table)} WHERE id = 1 FOR UPDATE")
+            text(f"SELECT generation FROM {qname(storage.manifest_table)} WHERE id = 1 FOR UPDATE")
         ).scalar()
-        expected = handle.extras.get(pg._GENERATION)
+        expected = handle.extras.get(GENERATION)
         if current != expected:
             raise StorageError(
                 f"another process committed to {storage.location} since this index run started "
@@ -62,15 +91,15 @@ def commit(storage: PostgresStorage, handle: IndexHandle, store: StagedPGVectorS
                 "SELECT atttypmod FROM pg_attribute "
                 "WHERE attrelid = to_regclass(:t) AND attname = 'embedding'"
             ),
-            {"t": pg._q(storage.vectors)},
+            {"t": qname(storage.vectors)},
         ).scalar()
         if live_dim is not None and live_dim != dim and not staged.cleared:
             raise IndexMismatchError(
                 f"the index at {storage.location} holds {live_dim}-d vectors, this commit "
                 f"{dim}-d ones: rebuild it with `gl-retrieval index CONFIG --rebuild`"
             )
-        after = int(handle.extras.get(pg._BASE_CHUNKS) or 0) + len(rows)
-        bulk = len(rows) >= pg.REBUILD_MIN_ROWS and len(rows) >= pg.REBUILD_FRACTION * after
+        after = int(handle.extras.get(BASE_CHUNKS) or 0) + len(rows)
+        bulk = len(rows) >= REBUILD_MIN_ROWS and len(rows) >= REBUILD_FRACTION * after
         if live_dim is None or staged.cleared or bulk:
             _rebuild(storage, conn, rows, staged, dim=dim, keep=live_dim is not None)
         else:
@@ -79,7 +108,7 @@ def commit(storage: PostgresStorage, handle: IndexHandle, store: StagedPGVectorS
         generation = int(current or 0) + 1
         conn.execute(
             text(
-                f"INSERT INTO {pg._q(storage.manifest_table)} "
+                f"INSERT INTO {qname(storage.manifest_table)} "
                 "(id, generation, dimension, manifest, updated_at) "
                 "VALUES (1, :g, :d, CAST(:m AS jsonb), now()) ON CONFLICT (id) DO UPDATE SET "
                 "generation = EXCLUDED.generation, dimension = EXCLUDED.dimension, "
@@ -90,7 +119,7 @@ def commit(storage: PostgresStorage, handle: IndexHandle, store: StagedPGVectorS
     return generation
 
 
-def _ensure_extension(storage: PostgresStorage, conn: Any) -> None:
+def _ensure_extension(storage: CommitTarget, conn: Any) -> None:
     from sqlalchemy import text
 
     have = conn.execute(text("SELECT 1 FROM pg_extension WHERE extname = 'vector'")).scalar()
@@ -116,21 +145,19 @@ def _ensure_extension(storage: PostgresStorage, conn: Any) -> None:
         ) from None
 
 
-def _create_small_tables(storage: PostgresStorage, conn: Any) -> None:
+def _create_small_tables(storage: CommitTarget, conn: Any) -> None:
     from sqlalchemy import text
-
-    from gl_retrieval.storage.postgres import _q
 
     conn.execute(
         text(
-            f"CREATE TABLE IF NOT EXISTS {_q(storage.manifest_table)} ("
+            f"CREATE TABLE IF NOT EXISTS {qname(storage.manifest_table)} ("
             "id integer PRIMARY KEY CHECK (id = 1), generation bigint NOT NULL, "
             "dimension integer, manifest jsonb NOT NULL, updated_at timestamptz NOT NULL)"
         )
     )
     conn.execute(
         text(
-            f"CREATE TABLE IF NOT EXISTS {_q(storage.documents_table)} ("
+            f"CREATE TABLE IF NOT EXISTS {qname(storage.documents_table)} ("
             "doc_id text PRIMARY KEY, hash text NOT NULL, nodes jsonb NOT NULL, "
             "source text NOT NULL DEFAULT '')"
         )
@@ -138,15 +165,12 @@ def _create_small_tables(storage: PostgresStorage, conn: Any) -> None:
 
 
 def _index_names(table: str) -> dict[str, str]:
-    from gl_retrieval.storage.postgres import _ident
 
-    return {
-        k: _ident(f"{table}_{k}") for k in ("pkey", "hnsw", "ref_doc_id", "node_id", "metadata")
-    }
+    return {k: ident(f"{table}_{k}") for k in ("pkey", "hnsw", "ref_doc_id", "node_id", "metadata")}
 
 
 def _rebuild(
-    storage: PostgresStorage,
+    storage: CommitTarget,
     conn: Any,
     rows: list[Any],
     staged: StagedChanges,
@@ -156,15 +180,13 @@ def _rebuild(
 ) -> None:
     from sqlalchemy import text
 
-    from gl_retrieval.storage.postgres import _ident, _q
-
     cfg = storage.config
-    live, build = storage.vectors, _ident(f"{storage.vectors}__build")
+    live, build = storage.vectors, ident(f"{storage.vectors}__build")
     names = _index_names(build)
-    conn.execute(text(f"DROP TABLE IF EXISTS {_q(build)}"))
+    conn.execute(text(f"DROP TABLE IF EXISTS {qname(build)}"))
     conn.execute(
         text(
-            f"CREATE TABLE {_q(build)} (id bigserial, text varchar NOT NULL, metadata_ jsonb, "
+            f"CREATE TABLE {qname(build)} (id bigserial, text varchar NOT NULL, metadata_ jsonb, "
             f'node_id varchar, embedding vector({dim}), CONSTRAINT "{names["pkey"]}" '
             "PRIMARY KEY (id))"
         )
@@ -172,46 +194,44 @@ def _rebuild(
     if keep and not staged.cleared:
         conn.execute(
             text(
-                f"INSERT INTO {_q(build)} (text, metadata_, node_id, embedding) "
-                f"SELECT text, metadata_, node_id, embedding FROM {_q(live)} "
+                f"INSERT INTO {qname(build)} (text, metadata_, node_id, embedding) "
+                f"SELECT text, metadata_, node_id, embedding FROM {qname(live)} "
                 "WHERE NOT (coalesce(metadata_->>'ref_doc_id', '') = ANY(:docs)) "
                 "AND NOT (node_id = ANY(:nodes))"
             ),
             {"docs": list(staged.deleted_docs), "nodes": [*staged.deleted_nodes, *staged.adds]},
         )
-    copy_rows(conn.connection.dbapi_connection, _q(build), rows, dim=dim)
+    copy_rows(conn.connection.dbapi_connection, qname(build), rows, dim=dim)
     conn.execute(text(f"SET LOCAL maintenance_work_mem = '{cfg.maintenance_work_mem}'"))
     conn.execute(
         text(
-            f'CREATE INDEX "{names["hnsw"]}" ON {_q(build)} USING hnsw '
+            f'CREATE INDEX "{names["hnsw"]}" ON {qname(build)} USING hnsw '
             f"(embedding vector_cosine_ops) WITH (m = {int(cfg.hnsw_m)}, "
             f"ef_construction = {int(cfg.hnsw_ef_construction)})"
         )
     )
     ref_doc = "(metadata_->>'ref_doc_id')"
-    conn.execute(text(f'CREATE INDEX "{names["ref_doc_id"]}" ON {_q(build)} ({ref_doc})'))
-    conn.execute(text(f'CREATE UNIQUE INDEX "{names["node_id"]}" ON {_q(build)} (node_id)'))
+    conn.execute(text(f'CREATE INDEX "{names["ref_doc_id"]}" ON {qname(build)} ({ref_doc})'))
+    conn.execute(text(f'CREATE UNIQUE INDEX "{names["node_id"]}" ON {qname(build)} (node_id)'))
     gin = "USING gin (metadata_ jsonb_path_ops)"  # serves ==/in filters (JSONB containment)
-    conn.execute(text(f'CREATE INDEX "{names["metadata"]}" ON {_q(build)} {gin}'))
-    conn.execute(text(f"ANALYZE {_q(build)}"))
+    conn.execute(text(f'CREATE INDEX "{names["metadata"]}" ON {qname(build)} {gin}'))
+    conn.execute(text(f"ANALYZE {qname(build)}"))
     # The swap: readers wait for these few catalog changes, never for the build above.
-    conn.execute(text(f"DROP TABLE IF EXISTS {_q(live)}"))
-    conn.execute(text(f'ALTER TABLE {_q(build)} RENAME TO "{live}"'))
+    conn.execute(text(f"DROP TABLE IF EXISTS {qname(live)}"))
+    conn.execute(text(f'ALTER TABLE {qname(build)} RENAME TO "{live}"'))
     for kind, name in _index_names(live).items():
         conn.execute(text(f'ALTER INDEX "public"."{names[kind]}" RENAME TO "{name}"'))
-    seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": _q(live)}).scalar()
+    seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": qname(live)}).scalar()
     if seq:
-        conn.execute(text(f'ALTER SEQUENCE {seq} RENAME TO "{_ident(live + "_id_seq")}"'))
+        conn.execute(text(f'ALTER SEQUENCE {seq} RENAME TO "{ident(live + "_id_seq")}"'))
 
 
 def _in_place(
-    storage: PostgresStorage, conn: Any, rows: list[Any], staged: StagedChanges, *, dim: int
+    storage: CommitTarget, conn: Any, rows: list[Any], staged: StagedChanges, *, dim: int
 ) -> None:
     from sqlalchemy import text
 
-    from gl_retrieval.storage.postgres import _q
-
-    live = _q(storage.vectors)
+    live = qname(storage.vectors)
     if staged.deleted_docs:
         conn.execute(
             text(f"DELETE FROM {live} WHERE metadata_->>'ref_doc_id' = ANY(:docs)"),
@@ -224,19 +244,17 @@ def _in_place(
 
 
 def _write_documents(
-    storage: PostgresStorage, conn: Any, handle: IndexHandle, *, replace: bool
+    storage: CommitTarget, conn: Any, handle: IndexHandle, *, replace: bool
 ) -> None:
     from sqlalchemy import text
 
-    from gl_retrieval.storage.postgres import _BASE, _q, _snapshot
-
-    table = _q(storage.documents_table)
-    current = _snapshot(handle.documents)
+    table = qname(storage.documents_table)
+    current = snapshot(handle.documents)
     if replace:
         conn.execute(text(f"DELETE FROM {table}"))
         base: dict[str, Any] = {}
     else:
-        base = handle.extras.get(_BASE) or {}
+        base = handle.extras.get(BASE) or {}
     gone = [d for d in base if d not in current]
     if gone:
         conn.execute(text(f"DELETE FROM {table} WHERE doc_id = ANY(:ids)"), {"ids": gone})

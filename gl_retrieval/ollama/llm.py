@@ -10,8 +10,8 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 from gl_retrieval._deps import require
-from gl_retrieval._ollama import ollama_errors, resolve_base_url
 from gl_retrieval.errors import ConfigError
+from gl_retrieval.ollama.client import ollama_errors, resolve_base_url
 
 if TYPE_CHECKING:
     from llama_index.core.llms import LLM

@@ -37,11 +37,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gl_retrieval.chunking import Chunk, Chunker, ChunkPlan, effective_chunk_size
 from gl_retrieval.config import PipelineConfig
 from gl_retrieval.embedders.base import GLEmbedding
 from gl_retrieval.errors import EmbeddingError, IndexNotFoundError
-from gl_retrieval.sources import Document, Skipped, read_sources
+from gl_retrieval.ingest.chunking import Chunk, Chunker, ChunkPlan, effective_chunk_size
+from gl_retrieval.ingest.sources import Document, Skipped, read_sources
 from gl_retrieval.storage import (
     DocRecord,
     IndexHandle,

@@ -4,7 +4,7 @@ Uses matplotlib's object API (``Figure`` + the Agg canvas), so it never touches 
 state or the process's backend setting.
 
 Example:
-    >>> from gl_retrieval.eval_plot import plot_reports
+    >>> from gl_retrieval.eval.plot import plot_reports
     >>> plot_reports([report], "out/report.png")  # doctest: +SKIP
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from gl_retrieval._deps import require
 
 if TYPE_CHECKING:
-    from gl_retrieval.eval_runner import EvalReport
+    from gl_retrieval.eval.report import EvalReport
 
 __all__ = ["plot_reports"]
 

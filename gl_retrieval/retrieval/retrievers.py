@@ -1,8 +1,8 @@
 """First-stage retrievers over a loaded index, plus the two-stage retriever apps hold.
 
 ``mode: dense`` searches the vector store; ``bm25`` scores the chunks' words
-(:mod:`gl_retrieval.lexical`); ``hybrid`` runs both and fuses the two lists without any LLM:
-reciprocal rank fusion (:func:`rrf_fuse`) or a convex combination of normalised scores
+(:mod:`gl_retrieval.retrieval.lexical`); ``hybrid`` runs both and fuses the two lists without
+any LLM: reciprocal rank fusion (:func:`rrf_fuse`) or a convex combination of normalised scores
 (:func:`convex_fuse`). Metadata filters apply in every mode before the top k is taken.
 
 Example:
@@ -27,10 +27,10 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from gl_retrieval.config import RetrieverConfig
 from gl_retrieval.errors import ConfigError
-from gl_retrieval.filters import check_filters, matches, metadata_schema, parse_filters
-from gl_retrieval.lexical import chunk_metadata, iter_chunks, lexical_index
-from gl_retrieval.rerankers import CrossEncoderReranker
-from gl_retrieval.results import RankedNode
+from gl_retrieval.retrieval.filters import check_filters, matches, metadata_schema, parse_filters
+from gl_retrieval.retrieval.lexical import chunk_metadata, iter_chunks, lexical_index
+from gl_retrieval.retrieval.rerankers import CrossEncoderReranker
+from gl_retrieval.retrieval.results import RankedNode
 from gl_retrieval.storage import IndexHandle
 
 __all__ = [
@@ -270,8 +270,8 @@ def build_first_stage(
         handle: The loaded index.
         cfg: The retriever section of the config.
         top_k: How many chunks to return.
-        filters: Anything :func:`gl_retrieval.filters.parse_filters` accepts; checked against
-            the index's metadata, applied before ``top_k`` is taken in every mode.
+        filters: Anything :func:`gl_retrieval.retrieval.filters.parse_filters` accepts; checked
+            against the index's metadata, applied before ``top_k`` is taken in every mode.
 
     Raises:
         FilterError: a filter is malformed or cannot match the index's metadata by type.

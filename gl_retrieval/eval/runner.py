@@ -14,7 +14,7 @@ retriever modes share one embedding pass), runs every judged query through the f
   ``latency_queries`` queries.
 
 Example:
-    >>> from gl_retrieval.eval_runner import evaluate_pipeline
+    >>> from gl_retrieval.eval.runner import evaluate_pipeline
     >>> report = evaluate_pipeline("eval.yaml", "data/cisi", modes=["bm25"])  # doctest: +SKIP
     >>> report.primary.metrics["nDCG@10"]  # doctest: +SKIP
 """
@@ -24,13 +24,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gl_retrieval.config import PipelineConfig, RetrieverConfig
 from gl_retrieval.errors import ConfigError
-from gl_retrieval.evaluation import (
+from gl_retrieval.eval.metrics import (
     DEFAULT_METRICS,
     BeirDataset,
     doc_level_ranking,
@@ -38,6 +37,7 @@ from gl_retrieval.evaluation import (
     latency_percentiles,
     load_beir,
 )
+from gl_retrieval.eval.report import EvalReport, RunResult
 
 __all__ = [
     "RECALL_CURVE_KS",
@@ -54,85 +54,6 @@ MIN_EVAL_TOP_K = 100
 _MODE_SPECS = ("dense", "bm25", "hybrid", "hybrid:rrf", "hybrid:convex")
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class RunResult:
-    """The scores of one retriever mode at one stage (``retrieval`` or ``rerank``)."""
-
-    name: str
-    mode: str
-    stage: str
-    metrics: dict[str, float]
-    latency_ms: dict[str, float]
-    recall_curve: dict[int, float] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "mode": self.mode,
-            "stage": self.stage,
-            "settings": self.settings,
-            "metrics": self.metrics,
-            "latency_ms": self.latency_ms,
-            "recall_curve": {str(k): v for k, v in self.recall_curve.items()},
-        }
-
-
-@dataclass
-class EvalReport:
-    """What :func:`evaluate_pipeline` measured. ``primary`` is the first mode's final stage."""
-
-    dataset: str
-    split: str
-    queries: int
-    gains: str
-    top_k: int
-    runs: list[RunResult]
-    notes: list[str] = field(default_factory=list)
-    index: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def primary(self) -> RunResult:
-        """The run the top-level ``metrics`` report: the first mode, after reranking if any."""
-        first_mode = self.runs[0].name.split(" + ")[0]
-        same = [r for r in self.runs if r.name.split(" + ")[0] == first_mode]
-        return same[-1]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The `eval --json` shape: the primary run at the top, every run under ``runs``."""
-        p = self.primary
-        return {
-            "dataset": self.dataset,
-            "split": self.split,
-            "queries": self.queries,
-            "metrics": p.metrics,
-            "latency_ms": p.latency_ms,
-            "mode": p.name,
-            "top_k": self.top_k,
-            "gains": self.gains,
-            "runs": [r.to_dict() for r in self.runs],
-            "index": self.index,
-            "notes": self.notes,
-        }
-
-    def markdown(self) -> str:
-        """One markdown table: a row per mode and stage, metrics and latency as columns."""
-        metric_names = list(self.runs[0].metrics) if self.runs else []
-        head = ["run", *metric_names, "p50 ms", "p95 ms"]
-        lines = [
-            f"### {self.dataset} ({self.split}, {self.queries} queries, top_k={self.top_k})",
-            "",
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-        ]
-        for r in self.runs:
-            cells = [r.name, *(f"{r.metrics[m]:.4f}" for m in metric_names)]
-            cells += [f"{r.latency_ms['p50']:.1f}", f"{r.latency_ms['p95']:.1f}"]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"Gains: {self.gains}."] + [f"{n}" for n in self.notes]
-        return "\n".join(lines) + "\n"
 
 
 def parse_modes(
@@ -232,7 +153,7 @@ def evaluate_pipeline(
         modes: Retriever modes to compare on the same index, e.g. ``"dense,bm25,hybrid"``
             (also ``hybrid:rrf`` / ``hybrid:convex``); default: the configured mode.
         top_k: Chunks retrieved per query; default ``max(100, retriever.top_k)``.
-        metrics: Metric names (see :func:`gl_retrieval.evaluation.evaluate`).
+        metrics: Metric names (see :func:`gl_retrieval.eval.metrics.evaluate`).
         latency_queries: How many queries (the first ones) time the full single-query path.
         rebuild: Re-embed the corpus into a fresh index at the configured storage.
         progress: Called with one-line progress messages (the CLI prints them to stderr).
@@ -248,9 +169,9 @@ def evaluate_pipeline(
     """
     from llama_index.core.schema import QueryBundle
 
-    from gl_retrieval.results import RankedNode
-    from gl_retrieval.retrievers import build_first_stage
-    from gl_retrieval.sources import Skipped, read_jsonl
+    from gl_retrieval.ingest.sources import Skipped, read_jsonl
+    from gl_retrieval.retrieval.results import RankedNode
+    from gl_retrieval.retrieval.retrievers import build_first_stage
 
     say = progress or (lambda _msg: None)
     pipe = _pipeline(pipeline_or_config)
@@ -372,7 +293,7 @@ def _check_dedicated(pipe: Any, docs: Sequence[Any], *, rebuild: bool, corpus: P
 def _time_single_queries(
     first: Any, reranker: Any, texts: Sequence[str], *, k: int
 ) -> tuple[list[float], list[float]]:
-    from gl_retrieval.results import RankedNode
+    from gl_retrieval.retrieval.results import RankedNode
 
     first_ms: list[float] = []
     full_ms: list[float] = []
@@ -389,14 +310,14 @@ def _time_single_queries(
 
 
 def write_report(report: EvalReport, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``report.md``, ``report.json`` and ``report.png`` (see :mod:`gl_retrieval.eval_plot`).
+    """Write ``report.md``, ``report.json`` and ``report.png`` (see :mod:`gl_retrieval.eval.plot`).
 
     Returns:
         The paths written.
     """
     import json
 
-    from gl_retrieval.eval_plot import plot_reports
+    from gl_retrieval.eval.plot import plot_reports
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ the generation it started from, so two writers can never interleave. Readers tak
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import threading
 from collections.abc import Iterator, Mapping
@@ -38,38 +37,20 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from gl_retrieval._deps import require
 from gl_retrieval.config import PostgresStorageConfig
 from gl_retrieval.errors import ConfigError, GLRetrievalError, IndexNotFoundError, StorageError
-from gl_retrieval.storage._pgerrors import translate
 from gl_retrieval.storage.base import DocRecord, IndexHandle, index_kwargs
 from gl_retrieval.storage.manifest import Manifest
+from gl_retrieval.storage.postgres.errors import translate
+from gl_retrieval.storage.postgres.sql import (
+    BASE,
+    BASE_CHUNKS,
+    GENERATION,
+    SCHEMA,
+    lock_key,
+    qname,
+    snapshot,
+)
 
 __all__ = ["PostgresStorage"]
-
-SCHEMA = "public"
-#: Commits adding at least this many rows, and at least REBUILD_FRACTION of the resulting
-#: table, rebuild the table with a bulk HNSW build instead of inserting row by row.
-REBUILD_MIN_ROWS = 1_000
-REBUILD_FRACTION = 0.1
-
-_GENERATION = "postgres_generation"
-_BASE = "postgres_documents"  # the committed document table the handle started from
-_BASE_CHUNKS = "postgres_chunks"
-
-
-def _ident(name: str) -> str:
-    """A PostgreSQL identifier of at most 63 bytes (long names get a stable hash suffix)."""
-    if len(name) <= 63:
-        return name
-    digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
-    return f"{name[:54]}_{digest}"
-
-
-def _q(name: str) -> str:
-    return f'"{SCHEMA}"."{name}"'
-
-
-def _lock_key(kind: str, table: str) -> int:
-    digest = hashlib.blake2b(f"gl_retrieval:{kind}:{SCHEMA}.{table}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def _public_url(url: Any) -> str:
@@ -80,10 +61,6 @@ def _public_url(url: Any) -> str:
     socket = url.query.get("host") if not url.host else None
     tail = f"?host={socket}" if isinstance(socket, str) else ""
     return f"postgresql://{user}{url.host or ''}{port}/{url.database or ''}{tail}"
-
-
-def _snapshot(docs: dict[str, DocRecord]) -> dict[str, tuple[str, tuple[str, ...], str]]:
-    return {k: (r.hash, tuple(r.nodes), r.source) for k, r in docs.items()}
 
 
 class _MetadataKinds(Mapping[str, frozenset[str]]):
@@ -220,14 +197,14 @@ class PostgresStorage:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 found = conn.execute(
-                    sa.text("SELECT to_regclass(:t)"), {"t": _q(self.manifest_table)}
+                    sa.text("SELECT to_regclass(:t)"), {"t": qname(self.manifest_table)}
                 ).scalar()
                 row = None
                 if found is not None:
                     row = conn.execute(
                         sa.text(
                             f"SELECT generation, dimension, manifest "
-                            f"FROM {_q(self.manifest_table)} WHERE id = 1"
+                            f"FROM {qname(self.manifest_table)} WHERE id = 1"
                         )
                     ).first()
                 if row is None:
@@ -238,7 +215,7 @@ class PostgresStorage:
                 if documents:
                     result = conn.execute(
                         sa.text(
-                            f"SELECT doc_id, hash, nodes, source FROM {_q(self.documents_table)}"
+                            f"SELECT doc_id, hash, nodes, source FROM {qname(self.documents_table)}"
                         )
                     )
                     docs = {d: DocRecord(hash=h, nodes=list(n), source=s) for d, h, n, s in result}
@@ -269,7 +246,7 @@ class PostgresStorage:
         docs: dict[str, DocRecord],
         cleared: bool,
     ) -> IndexHandle:
-        from gl_retrieval.storage._pgvector import StagedPGVectorStore
+        from gl_retrieval.storage.postgres.vectors import StagedPGVectorStore
 
         engine, async_engine = self.engines()
         cfg = self.config
@@ -294,10 +271,10 @@ class PostgresStorage:
         index = VectorStoreIndex(nodes=[], storage_context=sc, **index_kwargs(embed_model))
         chunks = manifest.chunks if (manifest is not None and not cleared) else 0
         extras: dict[str, Any] = {
-            _GENERATION: generation,
-            _BASE: _snapshot(docs),
-            _BASE_CHUNKS: chunks,
-            # What filter checks read (gl_retrieval.retrievers.index_schema): computed on the
+            GENERATION: generation,
+            BASE: snapshot(docs),
+            BASE_CHUNKS: chunks,
+            # What filter checks read (retrieval.retrievers.index_schema): computed on the
             # server when first needed, instead of reading every chunk into this process.
             "gl_metadata_schema": _MetadataKinds(store),
         }
@@ -343,7 +320,7 @@ class PostgresStorage:
         """
         sa = require("sqlalchemy", extra="postgres")
         engine, _ = self.engines()
-        key = _lock_key("write", self.table)
+        key = lock_key("write", self.table)
         with self.errors("take the writer lock"):
             conn = engine.connect()
         try:
@@ -372,8 +349,8 @@ class PostgresStorage:
             StorageError: the handle is not from a Postgres storage, the database failed, or
                 another process committed to this table since the handle was loaded.
         """
-        from gl_retrieval.storage import _pgcommit
-        from gl_retrieval.storage._pgvector import StagedPGVectorStore
+        from gl_retrieval.storage.postgres import commit as _pgcommit
+        from gl_retrieval.storage.postgres.vectors import StagedPGVectorStore
 
         if handle.manifest is None:
             raise StorageError("cannot commit an index without a manifest")
@@ -385,6 +362,6 @@ class PostgresStorage:
             )
         generation = _pgcommit.commit(self, handle, store)
         store.reset_staged()
-        handle.extras[_GENERATION] = generation
-        handle.extras[_BASE] = _snapshot(handle.documents)
-        handle.extras[_BASE_CHUNKS] = handle.manifest.chunks
+        handle.extras[GENERATION] = generation
+        handle.extras[BASE] = snapshot(handle.documents)
+        handle.extras[BASE_CHUNKS] = handle.manifest.chunks

@@ -21,7 +21,7 @@ from gl_retrieval.config import RerankerConfig
 from gl_retrieval.devices import resolve_device
 from gl_retrieval.errors import ModelLoadError
 from gl_retrieval.models import model_load_error, resolve_model_path
-from gl_retrieval.results import RankedNode
+from gl_retrieval.retrieval.results import RankedNode
 
 __all__ = ["CrossEncoderReranker", "Scorer", "build_reranker"]
 

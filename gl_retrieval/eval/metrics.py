@@ -23,7 +23,7 @@ are ignored. A query with no positive judgment is skipped, because no ranking ca
 This differs from trec_eval, which averages such a query in with a 0 when the run contains it.
 
 Example:
-    >>> from gl_retrieval.evaluation import evaluate
+    >>> from gl_retrieval.eval.metrics import evaluate
     >>> qrels = {"q1": {"d1": 2, "d2": 1}, "q2": {"d3": 1}}
     >>> run = {"q1": ["d2", "d1"], "q2": ["d9", "d3"]}
     >>> evaluate(run, qrels, metrics=("MRR@10", "Recall@1"))

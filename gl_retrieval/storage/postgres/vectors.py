@@ -3,7 +3,7 @@
 :class:`StagedPGVectorStore` is what a Postgres-backed :class:`~gl_retrieval.storage.IndexHandle`
 holds. Reads (``query``, ``get_nodes``) go to the committed table as usual. Writes (``add``,
 ``delete``, ``delete_nodes``, ``clear``) are *staged* in memory and reach the database only in
-:meth:`PostgresStorage.commit <gl_retrieval.storage.postgres.PostgresStorage.commit>`, in one
+:meth:`PostgresStorage.commit <gl_retrieval.storage.postgres.store.PostgresStorage.commit>`, in one
 transaction with the document table and the manifest, so other processes never see half an
 ``index`` run. ``get_nodes`` by id sees the staged changes (a handle reads its own writes).
 
@@ -31,12 +31,12 @@ from llama_index.vector_stores.postgres import PGVectorStore
 from llama_index.vector_stores.postgres.base import DBEmbeddingRow
 
 from gl_retrieval.errors import StorageError
-from gl_retrieval.storage._pg_filters import filter_clause, filters_clause
+from gl_retrieval.storage.postgres.filters import filter_clause, filters_clause
 
 __all__ = ["StagedChanges", "StagedPGVectorStore"]
 
 _VERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
-#: What counts as a date in metadata (gl_retrieval.filters' pattern, in PostgreSQL's regex).
+#: What counts as a date in metadata (retrieval.filters' pattern, in PostgreSQL's regex).
 _DATE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 
 
@@ -201,7 +201,7 @@ class StagedPGVectorStore(PGVectorStore):
     def metadata_schema(self) -> dict[str, frozenset[str]]:
         """Which kinds of value each metadata key holds in the committed table.
 
-        Kinds as :mod:`gl_retrieval.filters` names them: ``number``, ``bool``, ``string``,
+        Kinds as :mod:`gl_retrieval.retrieval.filters` names them: ``number``, ``bool``, ``string``,
         ``date`` (an ISO date or date-time string), ``list``, ``dict``. One scan on the server,
         a few rows back, instead of reading every chunk into this process.
         """
