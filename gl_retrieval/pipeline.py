@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,17 +29,20 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from gl_retrieval.config import PipelineConfig, load_config, parse_config
 from gl_retrieval.embedders import GLEmbedding, get_embedder
-from gl_retrieval.errors import ConfigError, LLMNotConfiguredError
+from gl_retrieval.errors import ConfigError, GLRetrievalError, LLMNotConfiguredError
 from gl_retrieval.ingest.indexer import IndexSummary, index_documents, index_sources
 from gl_retrieval.ingest.sources import Document
 from gl_retrieval.retrieval.filters import parse_filters
-from gl_retrieval.retrieval.lexical import attach_lexical, lexical_index
+from gl_retrieval.retrieval.lexical import attach_lexical, check_lexical, lexical_index
 from gl_retrieval.retrieval.rerankers import CrossEncoderReranker, build_reranker
 from gl_retrieval.retrieval.results import RankedNode
 from gl_retrieval.retrieval.retrievers import TwoStageRetriever, build_first_stage
 from gl_retrieval.storage import IndexHandle, Storage, check_compatible, open_storage
+from gl_retrieval.storage.manifest import chunking_differences
 
 __all__ = ["Answer", "RetrievalOnlyQueryEngine", "RetrievalPipeline"]
+
+log = logging.getLogger(__name__)
 
 #: What ``filters=`` accepts: ``MetadataFilters``, strings like ``"ticker=PENDLE"`` or a mapping
 #: (see :func:`gl_retrieval.retrieval.filters.parse_filters`).
@@ -211,6 +215,17 @@ class RetrievalPipeline:
                 manifest = self.storage.read_manifest()
                 fp = self.embedder.fingerprint()
                 check_compatible(manifest, embedder=fp, chunking=None, where=self.storage.location)
+                # Another chunking leaves the vectors comparable, so queries stay correct and
+                # are served; only `index` refuses it (it would mix two chunkings in one index).
+                diffs = chunking_differences(manifest, self._config.chunking.model_dump())
+                if diffs:
+                    log.warning(
+                        "the index at %s was chunked differently than the config asks (%s); "
+                        "queries use the index's chunks. Rebuild with `gl-retrieval index "
+                        "CONFIG --rebuild` to apply the config's chunking",
+                        self.storage.location,
+                        "; ".join(diffs),
+                    )
                 self._handle = self.storage.load(embed_model=self.embedder)
             return self._handle
 
@@ -387,6 +402,44 @@ class RetrievalPipeline:
         return Answer(
             question=question, answer=synthesize_answer(llm, question, sources), sources=sources
         )
+
+    def verify(self) -> dict[str, Any]:
+        """Check the committed index completely, without loading a model.
+
+        Embedded: every file's size and checksum, every JSON file, NaN/inf in the vectors,
+        the norms, and that the documents, the vector store, the BM25 side and the manifest
+        agree. Postgres: a lighter check (see docs/operations.md).
+
+        Returns:
+            A report: ``ok`` (bool), ``problems`` (each ``file`` and ``problem``),
+            ``recovery`` (what to do when not ok), and what was checked.
+
+        Raises:
+            IndexNotFoundError: nothing was indexed yet.
+
+        Example:
+            >>> report = pipe.verify()  # doctest: +SKIP
+            >>> report["ok"], report["problems"]  # doctest: +SKIP
+            (True, [])
+        """
+        storage = self.storage
+        report = storage.verify()  # type: ignore[attr-defined]
+        gen = report.get("generation")
+        if report["backend"] != "embedded" or gen is None:
+            return report
+        seen = {p["file"] for p in report["problems"]}
+        directory = Path(storage.location) / gen
+        try:
+            ids = [nid for rec in storage.read_documents().values() for nid in rec.nodes]  # type: ignore[attr-defined]
+        except GLRetrievalError:
+            return report  # the document table is damaged: already reported
+        for path, problem in check_lexical(directory, ids):
+            if str(path) not in seen:
+                report["problems"].append({"file": str(path), "problem": problem})
+        if report["ok"] and report["problems"]:
+            report["ok"] = False
+            report["recovery"] = storage.recovery(exclude=directory)  # type: ignore[attr-defined]
+        return report
 
     def info(self) -> dict[str, Any]:
         """The manifest and counts of the committed index (no model is loaded)."""
