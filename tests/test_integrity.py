@@ -63,6 +63,23 @@ def _gen(root: Path) -> Path:
     return index / (index / "CURRENT").read_text().strip()
 
 
+def rewrite_manifest(persist_dir: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """Edit the current generation's manifest as a real commit would have written it: sealed
+    again, the directory renamed to match and CURRENT updated (not damage, a different index)."""
+    from gl_retrieval.storage.integrity import seal
+
+    gen = persist_dir / (persist_dir / "CURRENT").read_text().strip()
+    manifest = json.loads((gen / "manifest.json").read_text())
+    files = manifest.pop("integrity")["files"]
+    edit(manifest)
+    sealed = seal(manifest, files)
+    (gen / "manifest.json").write_text(json.dumps(sealed))
+    renamed = gen.with_name(f"{gen.name.rsplit('-', 1)[0]}-{sealed['integrity']['digest'][:8]}")
+    gen.rename(renamed)
+    (persist_dir / "CURRENT").write_text(renamed.name + "\n")
+    return renamed
+
+
 def _one(gen: Path, pattern: str) -> Path:
     found = sorted(gen.glob(pattern))
     assert len(found) == 1, (pattern, found)

@@ -1,0 +1,194 @@
+"""What index integrity costs: checksum speeds, and reload/commit/verify times at 100k chunks.
+
+Builds a synthetic generation (random 384-d vectors, ~60-word texts with metadata, the BM25 side)
+through ``LocalStorage.commit``, then times, in one run and on one thread:
+
+- the hash throughput of sha256, blake2b, xxh3-128 and crc32 over the generation's files;
+- a reload (``LocalStorage.load``) that checks sizes only (the baseline) against one that also
+  checks every checksum (the default), page cache warm;
+- ``gl-retrieval verify``'s full check, and the commit's extra checksum pass.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python bench/integrity.py --size 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gl_retrieval.storage import DocRecord, LocalStorage, Manifest  # noqa: E402
+from gl_retrieval.storage.integrity import record_files  # noqa: E402
+
+_VOCABULARY = (
+    "index vector query chunk token embed rerank score hybrid lexical dense sparse commit "
+    "reader writer manifest checksum storage generation filter metadata corpus document "
+    "model batch latency recall precision cosine norm matrix memory disk page cache"
+)
+WORDS = np.array(_VOCABULARY.split())
+
+
+def build(root: Path, n: int, dim: int) -> LocalStorage:
+    from llama_index.core.embeddings import MockEmbedding
+    from llama_index.core.schema import TextNode
+
+    from gl_retrieval.retrieval.lexical import LexicalIndex, _PersistBM25
+
+    rng = np.random.default_rng(0)
+    storage = LocalStorage(root)
+    embed = MockEmbedding(embed_dim=dim)
+    handle = storage.new(embed_model=embed)
+    store = handle.vector_store
+    texts = []
+    for start in range(0, n, 10_000):
+        m = min(10_000, n - start)
+        vectors = rng.standard_normal((m, dim)).astype(np.float32)
+        words = WORDS[rng.integers(0, len(WORDS), size=(m, 60))]
+        nodes = []
+        for j in range(m):
+            i = start + j
+            text = " ".join(words[j])
+            texts.append((f"d{i}#0", text))
+            nodes.append(
+                TextNode(
+                    id_=f"d{i}#0",
+                    text=text,
+                    embedding=vectors[j].tolist(),
+                    metadata={"doc_id": f"d{i}", "year": 2000 + i % 25},
+                )
+            )
+            handle.documents[f"d{i}"] = DocRecord(hash=f"{i:064x}", nodes=[f"d{i}#0"])
+        store.add(nodes)
+    handle.extras["persist_hooks"] = [_PersistBM25(LexicalIndex.build(texts))]
+    handle.manifest = Manifest(
+        embedder={"provider": "mock", "model": "mock", "dimension": dim},
+        chunking={"chunk_size": 256, "chunk_overlap": 32},
+        documents=n,
+        chunks=n,
+    )
+    with storage.write_lock():
+        storage.commit(handle)
+    return storage
+
+
+def hash_speeds(gen: Path) -> list[dict[str, Any]]:
+    files = [p for p in gen.rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+
+    def run(update: Any, make: Any) -> float:
+        t = time.perf_counter()
+        buf = bytearray(1 << 22)
+        view = memoryview(buf)
+        for p in files:
+            h = make()
+            with open(p, "rb", buffering=0) as f:
+                while k := f.readinto(buf):
+                    h = update(h, view[:k])
+        return time.perf_counter() - t
+
+    def hashlib_update(h: Any, b: Any) -> Any:
+        h.update(b)
+        return h
+
+    algos = {
+        "read only": (lambda h, b: h, lambda: None),
+        "crc32 (zlib)": (lambda h, b: zlib.crc32(b, h), lambda: 0),
+        "sha256": (hashlib_update, hashlib.sha256),
+        "blake2b": (hashlib_update, hashlib.blake2b),
+        "xxh3_128": (hashlib_update, xxhash.xxh3_128),
+    }
+    rows = []
+    for name, (update, make) in algos.items():
+        best = min(run(update, make) for _ in range(3))
+        rows.append({"algorithm": name, "ms": best * 1e3, "GB/s": total / best / 1e9})
+    return rows
+
+
+def timed(fn: Any, repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+        del out
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", type=int, default=100_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args()
+    from llama_index.core.embeddings import MockEmbedding
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="gl-integrity-"))
+    t = time.perf_counter()
+    storage = build(work / "index", args.size, args.dim)
+    build_s = time.perf_counter() - t
+    gen = storage.current_generation()
+    assert gen is not None
+    total = sum(p.stat().st_size for p in gen.rglob("*") if p.is_file())
+    record_s = timed(lambda: record_files(gen), repeat=3)
+    embed = MockEmbedding(embed_dim=args.dim)
+    sizes = LocalStorage(work / "index", verify="sizes")
+    checks = LocalStorage(work / "index", verify="checksums")
+    sizes.load(embed_model=embed)  # warm the page cache
+    load_sizes = timed(lambda: sizes.load(embed_model=embed))
+    load_checks = timed(lambda: checks.load(embed_model=embed))
+    verify_s = timed(lambda: checks.verify(), repeat=3)
+    speeds = hash_speeds(gen)
+
+    load = os.getloadavg()
+    n_files = sum(1 for p in gen.rglob("*") if p.is_file())
+    print(f"\n{args.size} chunks, dim {args.dim}: generation {total / 1e6:.1f} MB in "
+          f"{n_files} files (built in {build_s:.1f}s)")  # fmt: skip
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}\n")  # fmt: skip
+    print("| checksum | ms over the generation | GB/s |")
+    print("|---|---:|---:|")
+    for r in speeds:
+        print(f"| {r['algorithm']} | {r['ms']:.0f} | {r['GB/s']:.2f} |")
+    print("\n| step | median s | vs sizes-only reload |")
+    print("|---|---:|---:|")
+    rows = [
+        ("reload, sizes only (baseline)", load_sizes),
+        ("reload, every checksum (default)", load_checks),
+        ("checksum pass added to a commit", record_s),
+        ("gl-retrieval verify (full)", verify_s),
+    ]
+    for name, s in rows:
+        print(f"| {name} | {s:.3f} | {s / load_sizes:.1f}x |")
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "size": args.size,
+        "dim": args.dim,
+        "bytes": total,
+        "loadavg": load,
+        "hash": speeds,
+        "seconds": dict(rows),
+    }
+    path = out / f"integrity-{args.size}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
