@@ -6,11 +6,14 @@ through ``LocalStorage.commit``, then times, in one run and on one thread:
 - the hash throughput of sha256, blake2b, xxh3-128 and crc32 over the generation's files;
 - a reload (``LocalStorage.load``) that checks sizes only (the baseline) against one that also
   checks every checksum (the default), page cache warm;
-- ``gl-retrieval verify``'s full check, and the commit's extra checksum pass.
+- the checks alone: sizes (``stat``), every checksum, the NaN/inf scan of the vectors;
+- ``gl-retrieval verify``'s full check, and the commit's extra checksum pass;
+- with ``--baseline-src``, a reload by a checkout of gl_retrieval from before these checks (run
+  in a subprocess on the same generation: it reads it, ignoring the checksums).
 
 Usage::
 
-    OMP_NUM_THREADS=1 python bench/integrity.py --size 100000
+    OMP_NUM_THREADS=1 python bench/integrity.py --size 100000 --baseline-src ../main
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +38,32 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gl_retrieval.storage import DocRecord, LocalStorage, Manifest  # noqa: E402
-from gl_retrieval.storage.integrity import record_files  # noqa: E402
+from gl_retrieval.storage.integrity import check_files, record_files  # noqa: E402
+
+_BASELINE = """
+import statistics, sys, time
+from llama_index.core.embeddings import MockEmbedding
+from gl_retrieval.storage import LocalStorage
+storage, embed = LocalStorage(sys.argv[1]), MockEmbedding(embed_dim=int(sys.argv[2]))
+storage.load(embed_model=embed)
+times = []
+for _ in range(5):
+    t = time.perf_counter()
+    handle = storage.load(embed_model=embed)
+    times.append(time.perf_counter() - t)
+    del handle
+print(statistics.median(times))
+"""
+
+
+def baseline_reload(src: Path, index: Path, dim: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(src.resolve())}
+    out = subprocess.run(
+        [sys.executable, "-c", _BASELINE, str(index), str(dim)],
+        env=env, capture_output=True, text=True, check=True, cwd=src,
+    )  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
 
 _VOCABULARY = (
     "index vector query chunk token embed rerank score hybrid lexical dense sparse commit "
@@ -135,6 +164,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument(
+        "--baseline-src", type=Path, default=None, help="A gl_retrieval checkout to compare."
+    )
     args = ap.parse_args()
     from llama_index.core.embeddings import MockEmbedding
 
@@ -153,7 +185,17 @@ def main() -> None:
     load_sizes = timed(lambda: sizes.load(embed_model=embed))
     load_checks = timed(lambda: checks.load(embed_model=embed))
     verify_s = timed(lambda: checks.verify(), repeat=3)
+    files = json.loads((gen / "manifest.json").read_text())["integrity"]["files"]
+    stat_s = timed(lambda: check_files(gen, files, checksums=False))
+    sums_s = timed(lambda: check_files(gen, files, checksums=True))
+    vectors = next((gen / "default__vector_store").glob("vectors.*.npy"))
+    from gl_retrieval.storage.embedded import _require_finite
+
+    nan_s = timed(lambda: _require_finite(vectors, np.load(vectors, mmap_mode="r")))
     speeds = hash_speeds(gen)
+    base_s = (
+        baseline_reload(args.baseline_src, work / "index", args.dim) if args.baseline_src else None
+    )
 
     load = os.getloadavg()
     n_files = sum(1 for p in gen.rglob("*") if p.is_file())
@@ -165,16 +207,20 @@ def main() -> None:
     print("|---|---:|---:|")
     for r in speeds:
         print(f"| {r['algorithm']} | {r['ms']:.0f} | {r['GB/s']:.2f} |")
-    print("\n| step | median s | vs sizes-only reload |")
+    print("\n| step | median s | vs first row |")
     print("|---|---:|---:|")
     rows = [
+        *([("reload by the baseline checkout (no checks)", base_s)] if base_s else []),
         ("reload, sizes only (baseline)", load_sizes),
         ("reload, every checksum (default)", load_checks),
+        ("  of which: sizes of every file (stat)", stat_s),
+        ("  of which: every checksum", sums_s),
+        ("  of which: NaN/inf scan of the vectors", nan_s),
         ("checksum pass added to a commit", record_s),
         ("gl-retrieval verify (full)", verify_s),
     ]
     for name, s in rows:
-        print(f"| {name} | {s:.3f} | {s / load_sizes:.1f}x |")
+        print(f"| {name} | {s:.3f} | {s / rows[0][1]:.2f}x |")
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     result = {

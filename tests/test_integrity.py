@@ -324,6 +324,8 @@ def test_verify_cli_exit_codes_and_json_shape(copy: Path) -> None:
     assert report["ok"] is False and report["problems"][0]["file"].endswith("data.csc.index.npy")
     line = runner.invoke(app, ["verify", str(cfg_file)])
     assert line.exit_code == 1 and "is damaged" in line.stderr
+    info = runner.invoke(app, ["info", str(cfg_file)])  # info no longer says all is well
+    assert info.exit_code == 1 and "data.csc.index.npy is damaged" in info.stderr
 
 
 # -- chunking ------------------------------------------------------------------------------------

@@ -372,6 +372,21 @@ class LocalStorage:
             )
         return problems
 
+    def check_files(self) -> None:
+        """Check every file of the committed generation against its recorded size and checksum
+        (no JSON decoding, nothing loaded; ``info`` runs it).
+
+        Raises:
+            IndexDamagedError: a file is damaged (the message names it and the way back).
+        """
+
+        def check(gen: Path) -> None:
+            problems = self._problems(gen, checksums=True, deep=False)
+            if problems:
+                raise self._damaged(problems[0].path, problems[0].problem, gen=gen)
+
+        self._read(check)
+
     def verify(self) -> dict[str, Any]:
         """Check the committed generation completely: every checksum, every JSON file, NaN/inf,
         and that the document table, the vector store and the manifest agree.
