@@ -305,6 +305,18 @@ def test_nan_vectors_are_refused_at_write_time(
     assert not (tmp_path / "index" / "CURRENT").exists()
 
 
+def test_a_nan_query_vector_is_refused_not_scored() -> None:
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    from gl_retrieval.storage.embedded import EmbeddedVectorStore
+
+    store = EmbeddedVectorStore()
+    store.add([TextNode(id_="a", text="hi", embedding=[1.0, 0.0])])
+    with pytest.raises(EmbeddingError, match="NaN or infinity"):
+        store.query(VectorStoreQuery(query_embedding=[float("nan"), 0.0], similarity_top_k=1))
+
+
 # -- verify on the command line -------------------------------------------------------------------
 
 

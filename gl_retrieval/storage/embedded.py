@@ -199,6 +199,8 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
                 f"the query vector has shape {q.shape}, but the store holds {self.dim}-d "
                 "vectors; query with the embedder that built the index, or rebuild it"
             )
+        if not np.isfinite(q).all():
+            raise EmbeddingError("the query vector contains NaN or infinity; check the embedder")
         allowed = self._allowed(query.node_ids or None, query.doc_ids or None, query.filters)
         rows, scores = self._search(q, k=query.similarity_top_k, allowed=allowed)
         return VectorStoreQueryResult(
