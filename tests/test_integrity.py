@@ -431,6 +431,7 @@ print(json.dumps({"queries": queries, "failures": failures, "builds": len(builds
 """
 
 
+@pytest.mark.slow  # ~25 s: a second process loads the model, then 24+ commits
 def test_hybrid_readers_never_fail_or_rebuild_bm25_while_a_writer_commits(
     copy: Path, minilm_embedder: Any
 ) -> None:
