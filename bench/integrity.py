@@ -41,28 +41,35 @@ from gl_retrieval.storage import DocRecord, LocalStorage, Manifest  # noqa: E402
 from gl_retrieval.storage.integrity import check_files, record_files  # noqa: E402
 
 _BASELINE = """
-import statistics, sys, time
+import json, statistics, sys, time
 from llama_index.core.embeddings import MockEmbedding
 from gl_retrieval.storage import LocalStorage
+from gl_retrieval.storage.vectors import load_vector_store
 storage, embed = LocalStorage(sys.argv[1]), MockEmbedding(embed_dim=int(sys.argv[2]))
+gen = storage.current_generation()
 storage.load(embed_model=embed)
-times = []
-for _ in range(5):
-    t = time.perf_counter()
-    handle = storage.load(embed_model=embed)
-    times.append(time.perf_counter() - t)
-    del handle
-print(statistics.median(times))
+def median(fn):
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+        del out
+    return statistics.median(times)
+print(json.dumps([median(lambda: storage.load(embed_model=embed)),
+                  median(lambda: load_vector_store(gen))]))
 """
 
 
-def baseline_reload(src: Path, index: Path, dim: int) -> float:
+def baseline_reload(src: Path, index: Path, dim: int) -> tuple[float, float]:
+    """(whole reload, vector store reload) by another checkout, in a subprocess."""
     env = {**os.environ, "PYTHONPATH": str(src.resolve())}
     out = subprocess.run(
         [sys.executable, "-c", _BASELINE, str(index), str(dim)],
         env=env, capture_output=True, text=True, check=True, cwd=src,
     )  # fmt: skip
-    return float(out.stdout.strip().splitlines()[-1])
+    whole, store = json.loads(out.stdout.strip().splitlines()[-1])
+    return whole, store
 
 
 _VOCABULARY = (
@@ -172,7 +179,10 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="gl-integrity-"))
     t = time.perf_counter()
-    storage = build(work / "index", args.size, args.dim)
+    if (work / "index" / "CURRENT").exists():  # reuse a generation built by an earlier run
+        storage = LocalStorage(work / "index")
+    else:
+        storage = build(work / "index", args.size, args.dim)
     build_s = time.perf_counter() - t
     gen = storage.current_generation()
     assert gen is not None
@@ -192,9 +202,14 @@ def main() -> None:
     from gl_retrieval.storage.embedded import _require_finite
 
     nan_s = timed(lambda: _require_finite(vectors, np.load(vectors, mmap_mode="r")))
+    from gl_retrieval.storage.vectors import load_vector_store
+
+    store_s = timed(lambda: load_vector_store(gen))
     speeds = hash_speeds(gen)
-    base_s = (
-        baseline_reload(args.baseline_src, work / "index", args.dim) if args.baseline_src else None
+    base_s, base_store_s = (
+        baseline_reload(args.baseline_src, work / "index", args.dim)
+        if args.baseline_src
+        else (None, None)
     )
 
     load = os.getloadavg()
@@ -216,6 +231,8 @@ def main() -> None:
         ("  of which: sizes of every file (stat)", stat_s),
         ("  of which: every checksum", sums_s),
         ("  of which: NaN/inf scan of the vectors", nan_s),
+        *([("vector store reload, baseline checkout", base_store_s)] if base_store_s else []),
+        ("vector store reload, with shape/span/NaN checks", store_s),
         ("checksum pass added to a commit", record_s),
         ("gl-retrieval verify (full)", verify_s),
     ]
