@@ -203,13 +203,31 @@ QUERIES = {
 }
 
 
+def _keep_lines(path: Path, n: int) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(lines[:n]), encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def fresh_clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What the configs read, copied as a clone has it: no index, no reranker directory."""
+    """What the configs read, copied as a clone has it: no index, no reranker directory.
+
+    The configs are copied unchanged; the data they read is cut to a few documents each (the
+    three smallest docs pages, 40 catalysts, 4 essays, 15 demo notes), because what is under
+    test is that the configs resolve and run under the CLI, and embedding the full corpora
+    (about 600 chunks) would take minutes on a CI machine. test_examples.py runs the full ones.
+    """
     root = tmp_path_factory.mktemp("clone")
     skip = shutil.ignore_patterns(".gl_index", "__pycache__", "*.pyc", ".ipynb_checkpoints")
     for part in ("examples", "docs", "gl_retrieval/data"):
         shutil.copytree(ROOT / part, root / part, ignore=skip)
+    pages = sorted((root / "docs").glob("*.md"), key=lambda p: p.stat().st_size)
+    for page in pages[3:]:
+        page.unlink()
+    for essay in sorted((root / "examples" / "data" / "canon").glob("*.md"))[4:]:
+        essay.unlink()
+    _keep_lines(root / "examples" / "data" / "catalysts.jsonl", 40)
+    _keep_lines(root / "gl_retrieval" / "data" / "demo_corpus.jsonl", 15)
     return root
 
 
