@@ -78,11 +78,16 @@ def _snippet(text: str, width: int = 160) -> str:
 
 
 def _print_results(results: list[Any]) -> None:
+    """Each result on one line with its score labelled, then what each score kind means."""
+    from gl_retrieval.retrieval.results import format_results, score_notes
+
     if not results:
         typer.echo("no results")
-    for i, r in enumerate(results, 1):
-        extra = f" (retrieval {r.retrieval_score:.3f})" if r.rerank_score is not None else ""
-        typer.echo(f"{i:2d}. {r.score:.4f}{extra}  {r.doc_id}  {_snippet(r.node.get_content())}")
+        return
+    for line in format_results(results):
+        typer.echo(line)
+    for note in score_notes(results):
+        typer.echo(f"score {note}")
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -330,11 +335,21 @@ def demo(
     if as_json:
         _print_json(report)
         return
+    from gl_retrieval.retrieval.results import SCORE_KINDS
+
     typer.echo(report["summary"])
+    kinds: list[str] = []
     for q in report["queries"]:
         typer.echo(f"\n? {q['query']}")
         for i, r in enumerate(q["results"], 1):
-            typer.echo(f"  {i}. {r['score']:.3f}  [{r['doc_id']}] {_snippet(r['text'], 110)}")
+            kind = r.get("score_kind") or "score"
+            kinds += [kind] if kind not in kinds else []
+            typer.echo(
+                f"  {i}. {kind} {r['score']:.3f}  [{r['doc_id']}] {_snippet(r['text'], 100)}"
+            )
+    for kind in kinds:
+        if kind in SCORE_KINDS:
+            typer.echo(f"\nscore {kind}: {SCORE_KINDS[kind]}")
 
 
 # -- models ---------------------------------------------------------------------------------------
