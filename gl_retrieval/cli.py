@@ -6,59 +6,214 @@ commands that print results accept ``--json``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from typing import cast as typing_cast
 
 import typer
+import typer.core
+
+try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
+    from typer import _click as click  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the installed typer
+    import click  # type: ignore[no-redef]
 
 from gl_retrieval.config import PipelineConfig, load_config
-from gl_retrieval.errors import GLRetrievalError
+from gl_retrieval.errors import (
+    ConfigError,
+    FilterError,
+    GLRetrievalError,
+    LLMNotConfiguredError,
+    SourceError,
+)
 from gl_retrieval.models import quiet_model_loading
 
-__all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="gl-retrieval",
-    help="Build, query and evaluate LlamaIndex retrieval pipelines from one YAML config.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+__all__ = ["EXIT_CODES", "app", "exit_code_for", "handle_errors", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ConfigArg = Annotated[Path, typer.Argument(help="The pipeline's YAML config.", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+#: The exit-code table, the one place exceptions become codes (first match wins; see
+#: docs/troubleshooting.md#exit-codes). 0 is success; click's usage errors are 2 as well.
+EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, EXIT_BAD_INPUT),  # the config file or a value in it
+    (FilterError, EXIT_BAD_INPUT),  # a --filter
+    (SourceError, EXIT_BAD_INPUT),  # a source path, a dataset directory
+    (LLMNotConfiguredError, EXIT_BAD_INPUT),  # `ask` on a config without an llm section
+    (GLRetrievalError, EXIT_RUNTIME),  # models, Ollama, storage, the index itself
+    (KeyboardInterrupt, EXIT_INTERRUPTED),
+    (Exception, EXIT_RUNTIME),  # a bug: still one line (GL_RETRIEVAL_DEBUG=1 shows the traceback)
+)
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of an exception, from :data:`EXIT_CODES`."""
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return EXIT_RUNTIME
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line printed for an exception (without the ``error:`` prefix)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, GLRetrievalError):
+        text = str(exc)
+    elif isinstance(exc, MemoryError):
+        text = "out of memory"
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        text = f"{exc.strerror}{where}"
+    else:
+        text = (
+            f"unexpected {type(exc).__name__}: {exc} (a bug in gl-retrieval; set "
+            "GL_RETRIEVAL_DEBUG=1 to see where)"
+        )
+    return " ".join(text.split())
+
+
+def _report(exc: BaseException) -> int:
+    if os.environ.get("GL_RETRIEVAL_DEBUG") and not isinstance(exc, GLRetrievalError):
+        traceback.print_exception(exc, file=sys.stderr)
+    typer.echo(f"error: {error_line(exc)}", err=True)
+    return exit_code_for(exc)
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one line on stderr and exit code 1 (2 for bad config)."""
+    """Turn any exception of a command into one line on stderr and the code from EXIT_CODES.
+
+    Every command of :data:`app` gets this through :class:`_Group` even without the decorator;
+    applying it directly also keeps a command's errors one line when it is called on its own.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from gl_retrieval.errors import ConfigError
-
         try:
             return fn(*args, **kwargs)
-        except ConfigError as e:
-            _fail(str(e), 2)
-        except GLRetrievalError as e:
-            _fail(str(e))
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except ValueError as e:  # bad argument values that reached the library
-            _fail(str(e), 2)
+        except _CONTROL:
+            raise
+        except BaseException as e:  # the one place errors become exit codes
+            if isinstance(e, SystemExit):
+                raise
+            raise typer.Exit(_report(e)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_EXIT = (typer.Exit, getattr(click.exceptions, "Exit", typer.Exit))
+_ABORT = (typer.Abort, getattr(click.exceptions, "Abort", typer.Abort))
+_CONTROL = (*_EXIT, *_ABORT, click.exceptions.ClickException)
+# click >= 8.2 raises this for a bare group (it prints the help); older clicks print it directly.
+_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _usage_line(e: click.exceptions.UsageError) -> str:
+    ctx = e.ctx
+    command = ctx.command_path if ctx is not None else "gl-retrieval"
+    message = " ".join(e.format_message().split())
+    return f"error: {message} (see `{command} --help`)"
+
+
+class _Group(typer.core.TyperGroup):
+    """The app's command group: usage errors and every escaped exception become one line."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+            code = rv if isinstance(rv, int) else EXIT_OK
+        except _NoArgsIsHelp as e:
+            typer.echo(e.ctx.get_help() if e.ctx is not None else str(e), err=True)
+            code = EXIT_BAD_INPUT
+        except click.exceptions.UsageError as e:
+            typer.echo(_usage_line(e), err=True)
+            code = EXIT_BAD_INPUT
+        except click.exceptions.ClickException as e:
+            typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+            code = e.exit_code
+        except _ABORT:
+            typer.echo("error: aborted", err=True)
+            code = EXIT_RUNTIME
+        except _EXIT as e:
+            code = e.exit_code
+        except BaseException as e:  # escaped a command without @handle_errors
+            if isinstance(e, SystemExit):
+                raise
+            code = _report(e)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # `gl-retrieval query ... | head`: not an error
+                sys.stdout = typing_cast(Any, click.utils.PacifyFlushWrapper(sys.stdout))
+                return EXIT_OK
+            raise
+
+
+def _version(value: bool) -> None:
+    if value:
+        from gl_retrieval import __version__
+
+        typer.echo(f"gl-retrieval {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+app = typer.Typer(
+    name="gl-retrieval",
+    cls=_Group,
+    help="Build, query and evaluate LlamaIndex retrieval pipelines from one YAML config. "
+    "Exit codes: 0 success, 1 runtime failure (a model, a server, the index), 2 bad input "
+    "(the config, an argument, a filter, a source or dataset path).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Build, query and evaluate LlamaIndex retrieval pipelines from one YAML config."""
+
+
+ConfigArg = Annotated[
+    Path, typer.Argument(help="The pipeline's YAML config file.", show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def _pipeline(config: Path) -> Any:
@@ -316,6 +471,7 @@ def demo(
 models_app = typer.Typer(
     help="Fetch the models a config names into the Hugging Face cache, for offline use.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(models_app, name="models")
 
@@ -342,8 +498,8 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    try:
-        app()
-    except GLRetrievalError as e:  # raised outside a command body (should not happen)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    app()
+
+
+if __name__ == "__main__":
+    main()
