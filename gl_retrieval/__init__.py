@@ -26,6 +26,7 @@ from gl_retrieval.errors import (
     MissingDependencyError,
     ModelLoadError,
     OllamaError,
+    QueryError,
     SourceError,
     StorageError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ModelLoadError",
     "OllamaError",
     "PipelineConfig",
+    "QueryError",
     "RankedNode",
     "RetrievalPipeline",
     "SourceError",

@@ -25,6 +25,7 @@ try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     import click  # type: ignore[no-redef]
 
+from gl_retrieval import limits
 from gl_retrieval.config import PipelineConfig, load_config
 from gl_retrieval.errors import (
     ConfigError,
@@ -216,11 +217,23 @@ ConfigArg = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-def _pipeline(config: Path) -> Any:
+def _checked(
+    config: Path, *, sources: bool = False, filters: list[str] | None = None
+) -> PipelineConfig:
+    """Load ``config`` and run the model-free checks, so their errors come before any load."""
+    from gl_retrieval.checks import check_config, raise_for_problems
+
+    cfg = load_config(config)
+    raise_for_problems(check_config(cfg, sources=sources, filters=filters), source=config)
+    return cfg
+
+
+def _pipeline(config: Path | PipelineConfig) -> Any:
     from gl_retrieval.pipeline import RetrievalPipeline
 
     quiet_model_loading()
-    return RetrievalPipeline.from_config(load_config(config))
+    cfg = config if isinstance(config, PipelineConfig) else load_config(config)
+    return RetrievalPipeline.from_config(cfg)
 
 
 def _print_json(data: Any) -> None:
@@ -245,14 +258,40 @@ def _print_results(results: list[Any]) -> None:
 
 @app.command()
 @handle_errors
-def validate(config: ConfigArg, as_json: JsonOpt = False) -> None:
-    """Check a config file; print the fully resolved config."""
+def validate(
+    config: ConfigArg,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="Also check these query filters (repeatable), as `query --filter` takes them.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a config without loading any model, and print what it resolves to.
+
+    Besides the schema, it checks that packaged models exist, that local model directories and
+    source paths are there, that a hub model is cached when HF_HUB_OFFLINE is set, and that the
+    server addresses are URLs. Notes go to stderr; any error exits 2 (1 for a model that is not
+    available here).
+    """
+    from gl_retrieval.checks import check_config, describe_embedder
+
     cfg: PipelineConfig = load_config(config)
+    problems = check_config(cfg, sources=True, filters=filters)
+    errors = [p for p in problems if p.level == "error"]
+    for p in problems:
+        typer.echo(f"{p.level}: {config}: {p.line()}", err=True)
+    if errors:
+        kinds = {p.kind for p in errors}
+        raise typer.Exit(EXIT_BAD_INPUT if kinds - {"model"} else EXIT_RUNTIME)
     if as_json:
         _print_json(cfg.model_dump(mode="json"))
     else:
         typer.echo(
-            f"{config}: ok ({cfg.embedder.provider}:{cfg.embedder.model}, "
+            f"{config}: ok ({describe_embedder(cfg)}, "
             f"{cfg.retriever.mode} top_k={cfg.retriever.top_k}, "
             f"reranker={'none' if cfg.reranker is None else cfg.reranker.model}, "
             f"storage={cfg.storage.backend})"
@@ -274,7 +313,7 @@ def index(
     """
     import logging
 
-    pipe = _pipeline(config)
+    pipe = _pipeline(_checked(config, sources=True))
     # The library logs its warnings (e.g. a capped chunk_size); show each once, on stderr.
     warn = logging.StreamHandler(sys.stderr)
     warn.setLevel(logging.WARNING)
@@ -298,8 +337,13 @@ def index(
 def query(
     config: ConfigArg,
     text: Annotated[str, typer.Argument(help="The query.", show_default=False)],
-    top_n: Annotated[int | None, typer.Option(min=1, help="Results to show.")] = None,
-    top_k: Annotated[int | None, typer.Option(min=1, help="Candidates to retrieve.")] = None,
+    top_n: Annotated[
+        int | None, typer.Option(min=1, max=limits.TOP_K, help="How many results to show.")
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(min=1, max=limits.TOP_K, help="How many candidates to retrieve."),
+    ] = None,
     filters: Annotated[
         list[str] | None,
         typer.Option(
@@ -313,9 +357,11 @@ def query(
 ) -> None:
     """Retrieve (and rerank) the best chunks for a query."""
     from gl_retrieval.retrieval.filters import parse_filters
+    from gl_retrieval.retrieval.queries import check_query
 
-    parsed = parse_filters(filters or None)  # a bad filter fails before any model loads
-    pipe = _pipeline(config)
+    check_query(text)  # a bad query or filter fails before any model loads
+    parsed = parse_filters(filters or None)
+    pipe = _pipeline(_checked(config))
     results = pipe.retrieve(text, top_k=top_k, top_n=top_n, filters=parsed)
     if as_json:
         payload: dict[str, Any] = {"query": text}
@@ -355,7 +401,11 @@ def eval_(
     ] = "auto",
     top_k: Annotated[
         int | None,
-        typer.Option(min=1, help="Chunks per query; default max(100, retriever.top_k)."),
+        typer.Option(
+            min=1,
+            max=limits.TOP_K,
+            help="Chunks per query; the default is max(100, retriever.top_k).",
+        ),
     ] = None,
     latency_queries: Annotated[
         int, typer.Option(min=1, help="Queries timed on the full single-query path.")
@@ -374,9 +424,11 @@ def eval_(
     The dataset supplies the corpus (the config's sources are ignored); the stored index is
     reused when it already holds that corpus, so comparing modes embeds it once.
     """
+    from gl_retrieval.eval.metrics import check_dataset
     from gl_retrieval.eval.runner import evaluate_pipeline, write_report
 
-    pipe = _pipeline(config)
+    check_dataset(dataset, split=split)  # a missing dataset or split fails before any load
+    pipe = _pipeline(_checked(config))
     result = evaluate_pipeline(
         pipe,
         dataset,
@@ -403,11 +455,20 @@ def eval_(
 def ask(
     config: ConfigArg,
     question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
-    top_n: Annotated[int | None, typer.Option(min=1, help="Sources given to the LLM.")] = None,
+    top_n: Annotated[
+        int | None,
+        typer.Option(min=1, max=limits.TOP_K, help="How many sources to give the LLM."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question with the config's LLM, from the retrieved sources."""
-    pipe = _pipeline(config)
+    from gl_retrieval.retrieval.queries import check_query
+
+    check_query(question)
+    cfg = _checked(config)
+    if cfg.llm is None:
+        _pipeline(cfg).ask(question)  # raises the one-line "needs an llm section" error
+    pipe = _pipeline(cfg)
     answer = pipe.ask(question, top_n=top_n)
     if as_json:
         _print_json(answer.to_dict())
@@ -486,14 +547,21 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
     """
     from gl_retrieval.models import configured_models, hf_cache_dir, pull_model
 
-    reports = []
+    reports, failures = [], []
     for ref in configured_models(load_config(config)):
-        report = pull_model(ref, log=lambda line: typer.echo(line, err=True))
+        try:  # every model is tried: a failing embedder must not hide the reranker
+            report = pull_model(ref, log=lambda line: typer.echo(line, err=True))
+        except GLRetrievalError as e:
+            failures.append(e)
+            typer.echo(f"error: {error_line(e)}", err=True)
+            continue
         reports.append(report)
         if not as_json:
             typer.echo(report.line())
     if as_json:
         _print_json({"cache": str(hf_cache_dir()), "models": [r.to_dict() for r in reports]})
+    if failures:
+        raise typer.Exit(max(exit_code_for(e) for e in failures))
 
 
 def main() -> None:
