@@ -82,7 +82,10 @@ class HuggingFaceEmbedderConfig(_EmbedderCommon):
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
     device: Device = Field(default="auto", description="auto picks cuda, then mps, then cpu.")
     max_length: int | None = Field(
-        default=None, gt=0, description="Max tokens per input; default: the model's own."
+        default=None,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="Max tokens per input; default: the model's own.",
     )
 
 
@@ -98,10 +101,15 @@ class OllamaEmbedderConfig(_EmbedderCommon):
     base_url: str | None = Field(
         default=None, description="Server URL; default: $OLLAMA_HOST, else http://localhost:11434."
     )
-    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
+    timeout_s: float = Field(
+        default=60.0, gt=0, le=limits.TIMEOUT_S, description="Per-request timeout in seconds."
+    )
     keep_alive: str | float = Field(default="5m", description="How long Ollama keeps the model.")
     num_ctx: int | None = Field(
-        default=None, gt=0, description="Context length in tokens; chunks must fit in it."
+        default=None,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="Context length in tokens; chunks must fit in it.",
     )
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries on 5xx / resets.")
     tokenizer: Path | None = Field(
@@ -139,7 +147,10 @@ class RerankerConfig(_Strict):
     device: Device = Field(default="auto", description="auto picks cuda, then mps, then cpu.")
     batch_size: int = Field(default=32, gt=0, le=4096, description="Pairs per forward pass.")
     max_length: int | None = Field(
-        default=512, gt=0, description="Max tokens per query+passage pair; longer ones are cut."
+        default=512,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="Max tokens per query+passage pair; longer ones are cut.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
 
@@ -153,7 +164,7 @@ class RetrieverConfig(_Strict):
     bench/tune_hybrid.py).
     """
 
-    top_k: int = Field(default=20, gt=0, le=10_000, description="Candidates retrieved.")
+    top_k: int = Field(default=20, gt=0, le=limits.TOP_K, description="Candidates retrieved.")
     mode: Literal["dense", "bm25", "hybrid"] = Field(
         default="hybrid",
         description="dense vectors, BM25 keywords, or both fused. Default: hybrid (it beats "
@@ -176,6 +187,7 @@ class RetrieverConfig(_Strict):
     candidate_k: int | None = Field(
         default=300,
         gt=0,
+        le=limits.CANDIDATE_K,
         description="hybrid: depth each retriever contributes before fusion (at least top_k); "
         "None: max(top_k, 100).",
     )
@@ -203,12 +215,15 @@ class PostgresStorageConfig(_Strict):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,47}$",
         description="Table name: letters, digits, underscores; at most 48 characters.",
     )
-    hnsw_m: int = Field(default=16, gt=1, description="HNSW links per node (build time).")
+    hnsw_m: int = Field(default=16, gt=1, le=100, description="HNSW links per node (build time).")
     hnsw_ef_construction: int = Field(
-        default=128, gt=0, description="HNSW candidate list size while building."
+        default=128, gt=0, le=1000, description="HNSW candidate list size while building."
     )
     hnsw_ef_search: int = Field(
-        default=100, gt=0, description="HNSW candidate list size per query: recall vs speed."
+        default=100,
+        gt=0,
+        le=1000,
+        description="HNSW candidate list size per query: recall vs speed.",
     )
     exact_search_max_rows: int = Field(
         default=5_000,
@@ -223,7 +238,10 @@ class PostgresStorageConfig(_Strict):
         description="Pooled connections per process (and as many more on bursts).",
     )
     connect_timeout_s: int = Field(
-        default=10, gt=0, description="Seconds to wait for the server when connecting."
+        default=10,
+        gt=0,
+        le=limits.TIMEOUT_S,
+        description="Seconds to wait for the server when connecting.",
     )
     maintenance_work_mem: str = Field(
         default="512MB",
@@ -264,7 +282,10 @@ class ChunkingConfig(_Strict):
     """Chunk sizes, measured in the embedder's own tokenizer."""
 
     chunk_size: int = Field(
-        default=512, gt=0, description="Tokens per chunk; capped at what the embedder reads."
+        default=512,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="Tokens per chunk; capped at what the embedder reads.",
     )
     chunk_overlap: int = Field(
         default=64, ge=0, description="Tokens shared by neighbouring chunks; < chunk_size."
@@ -292,7 +313,9 @@ class OllamaLLMConfig(_Strict):
     base_url: str | None = Field(
         default=None, description="Server URL; default: $OLLAMA_HOST, else http://localhost:11434."
     )
-    timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout in seconds.")
+    timeout_s: float = Field(
+        default=120.0, gt=0, le=limits.TIMEOUT_S, description="Per-request timeout in seconds."
+    )
     temperature: float = Field(
         default=0.1, ge=0.0, le=2.0, description="Sampling temperature; low keeps answers close."
     )
@@ -528,6 +551,7 @@ def _read_yaml(p: Path) -> Any:
     if "\0" in text:
         raise ConfigError(f"{p}: config contains a NUL byte: it is not a text file")
     loader = _BoundedLoader(text)
+    loader.name = str(p)  # marks in YAML errors name the file, not "<unicode string>"
     try:
         return loader.get_single_data()
     except _TooDeep as e:

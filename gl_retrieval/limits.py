@@ -34,6 +34,7 @@ import os
 import stat
 
 __all__ = [
+    "CANDIDATE_K",
     "CONFIG_BYTES",
     "CONFIG_DEPTH",
     "CONFIG_VALUES",
@@ -41,10 +42,12 @@ __all__ = [
     "FILTERS",
     "FILTER_CHARS",
     "JSONL_LINE_BYTES",
+    "MAX_TOKENS",
     "METADATA_DEPTH",
     "QRELS_BYTES",
     "QUERY_CHARS",
     "SOURCE_FILE_BYTES",
+    "TIMEOUT_S",
     "TOP_K",
     "human_bytes",
     "not_a_file",
@@ -65,6 +68,9 @@ FILTER_CHARS = 4_096
 FILTERS = 100
 TOP_K = 10_000
 QRELS_BYTES = 256 * MiB
+CANDIDATE_K = 100_000
+MAX_TOKENS = 131_072
+TIMEOUT_S = 3_600
 
 
 def human_bytes(n: int) -> str:
