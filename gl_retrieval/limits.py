@@ -18,6 +18,9 @@ cap                          value           where it is checked
 ``FILTERS``                  100             filters in one query
 ``TOP_K``                    10,000          candidates per query (``retriever.top_k``)
 ``QRELS_BYTES``              256 MiB         a BEIR ``qrels/<split>.tsv`` or ``queries.jsonl``
+``CANDIDATE_K``              100,000         ``retriever.candidate_k``
+``MAX_TOKENS``               131,072         ``max_length``, ``num_ctx``, ``chunk_size``
+``TIMEOUT_S``                3,600 s         every ``timeout_s`` (an infinite one is a hang)
 ===========================  ==============  =================================================
 
 Example:
