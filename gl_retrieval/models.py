@@ -43,6 +43,7 @@ __all__ = [
     "hub_offline",
     "is_hub_id",
     "model_load_error",
+    "not_cached",
     "pull_model",
     "pull_models",
     "quiet_model_loading",
@@ -152,7 +153,8 @@ def _first_line(err: BaseException) -> str:
     return line if len(line) <= 200 else line[:199] + "…"
 
 
-def _not_cached(model: str, *, role: str, why: str) -> ModelLoadError:
+def not_cached(model: str, *, role: str, why: str) -> ModelLoadError:
+    """The one-line error for a hub model that is not cached and cannot be fetched now."""
     return ModelLoadError(
         f"{role} model {model!r} is not in the Hugging Face cache ({hf_cache_dir()}) and {why}: "
         f"run `gl-retrieval models pull CONFIG` on a machine that can reach the hub (same "
@@ -193,9 +195,9 @@ def _hub_files(model: str, *, revision: str | None, role: str) -> list[str]:
             f"({e}): use 'org/name', a directory, or 'packaged:all-MiniLM-L6-v2'".replace("\n", " ")
         ) from None
     except errors.OfflineModeIsEnabled:
-        raise _not_cached(model, role=role, why=_offline_reason()) from None
+        raise not_cached(model, role=role, why=_offline_reason()) from None
     except Exception as e:  # connection refused, DNS, timeout, proxy, 5xx: the hub is unreachable
-        raise _not_cached(
+        raise not_cached(
             model, role=role, why=f"the hub could not be reached ({_first_line(e)})"
         ) from None
     return [s.rfilename for s in (info.siblings or [])]
@@ -246,7 +248,7 @@ def resolve_model_path(model: str, *, revision: str | None = None, role: str = "
     if snapshot is not None:
         return str(snapshot)
     if hub_offline():
-        raise _not_cached(model, role=role, why=_offline_reason())
+        raise not_cached(model, role=role, why=_offline_reason())
     _hub_files(model, revision=revision, role=role)
     return model
 
@@ -269,7 +271,7 @@ def model_load_error(model: str, err: BaseException, *, role: str) -> ModelLoadE
             "machine that can reach the hub to complete it"
         )
     why = _offline_reason() if hub_offline() else "the hub could not be reached"
-    return _not_cached(model, role=role, why=why)
+    return not_cached(model, role=role, why=why)
 
 
 # -- models pull -----------------------------------------------------------------------------------
@@ -354,7 +356,12 @@ def _pull_hub(ref: ModelRef, *, log: Callable[[str], None]) -> PullReport:
     cached = cached_snapshot(ref.model, revision=ref.revision)
     if hub_offline():
         if cached is None:
-            raise _not_cached(ref.model, role=ref.role, why=_offline_reason())
+            raise ModelLoadError(
+                f"cannot pull {ref.role} model {ref.model!r}: it is not in the Hugging Face cache "
+                f"({hf_cache_dir()}) and {_offline_reason()}: unset HF_HUB_OFFLINE and run this "
+                "again where the hub can be reached, or copy a cache that holds it to "
+                f"{hf_cache_dir()}"
+            )
         note = "HF_HUB_OFFLINE is set: not checked for updates"
         return PullReport(ref.role, ref.model, "hub", "cached", path=str(cached), note=note)
     try:

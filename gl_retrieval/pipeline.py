@@ -35,6 +35,7 @@ from gl_retrieval.ingest.indexer import IndexSummary, index_documents, index_sou
 from gl_retrieval.ingest.sources import Document
 from gl_retrieval.retrieval.filters import parse_filters
 from gl_retrieval.retrieval.lexical import attach_lexical, check_lexical, lexical_index
+from gl_retrieval.retrieval.queries import check_depth, check_query
 from gl_retrieval.retrieval.rerankers import CrossEncoderReranker, build_reranker
 from gl_retrieval.retrieval.results import RankedNode, format_results, retrieval_kind
 from gl_retrieval.retrieval.retrievers import TwoStageRetriever, build_first_stage
@@ -359,9 +360,9 @@ class RetrievalPipeline:
             top_k: Candidates to retrieve; default ``retriever.top_k``.
             top_n: Results to return; default ``reranker.top_n`` (or all ``top_k`` without one).
         """
+        check_depth("top_k", top_k)
+        check_depth("top_n", top_n)
         k = top_k or self._config.retriever.top_k
-        if top_n is not None and top_n <= 0:
-            raise ValueError(f"top_n must be > 0, but got {top_n}")
         parsed = parse_filters(filters)
         handle = self._load_handle()
         rc = self._config.retriever
@@ -394,10 +395,7 @@ class RetrievalPipeline:
             >>> [h.doc_id for h in hits]  # doctest: +SKIP
             >>> pipe.retrieve("upgrade", filters=["ticker=PENDLE"])  # doctest: +SKIP
         """
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"query must be a non-empty string, but got {query!r}")
-        if top_k is not None and top_k <= 0:
-            raise ValueError(f"top_k must be > 0, but got {top_k}")
+        check_query(query)
         retriever = self.as_retriever(filters=filters, top_k=top_k, top_n=top_n)
         return list(retriever.retrieve(query))  # type: ignore[arg-type]
 
