@@ -27,6 +27,7 @@ from gl_retrieval.errors import (
     MissingDependencyError,
     ModelLoadError,
     OllamaError,
+    QueryError,
     SourceError,
     StorageError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "ModelLoadError",
     "OllamaError",
     "PipelineConfig",
+    "QueryError",
     "RankedNode",
     "RetrievalPipeline",
     "SourceError",

@@ -6,66 +6,234 @@ commands that print results accept ``--json``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from typing import cast as typing_cast
 
 import typer
+import typer.core
 
+try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
+    from typer import _click as click  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - depends on the installed typer
+    import click  # type: ignore[no-redef]
+
+from gl_retrieval import limits
 from gl_retrieval.config import PipelineConfig, load_config
-from gl_retrieval.errors import GLRetrievalError
+from gl_retrieval.errors import (
+    ConfigError,
+    FilterError,
+    GLRetrievalError,
+    LLMNotConfiguredError,
+    SourceError,
+)
 from gl_retrieval.models import quiet_model_loading
 
-__all__ = ["app", "main"]
-
-app = typer.Typer(
-    name="gl-retrieval",
-    help="Build, query and evaluate LlamaIndex retrieval pipelines from one YAML config.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+__all__ = ["EXIT_CODES", "app", "exit_code_for", "handle_errors", "main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-ConfigArg = Annotated[Path, typer.Argument(help="The pipeline's YAML config.", show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+#: The exit-code table, the one place exceptions become codes (first match wins; see
+#: docs/troubleshooting.md#exit-codes). 0 is success; click's usage errors are 2 as well.
+EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ConfigError, EXIT_BAD_INPUT),  # the config file or a value in it
+    (FilterError, EXIT_BAD_INPUT),  # a --filter
+    (SourceError, EXIT_BAD_INPUT),  # a source path, a dataset directory
+    (LLMNotConfiguredError, EXIT_BAD_INPUT),  # `ask` on a config without an llm section
+    (GLRetrievalError, EXIT_RUNTIME),  # models, Ollama, storage, the index itself
+    (KeyboardInterrupt, EXIT_INTERRUPTED),
+    (Exception, EXIT_RUNTIME),  # a bug: still one line (GL_RETRIEVAL_DEBUG=1 shows the traceback)
+)
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of an exception, from :data:`EXIT_CODES`."""
+    for kind, code in EXIT_CODES:
+        if isinstance(exc, kind):
+            return code
+    return EXIT_RUNTIME
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line printed for an exception (without the ``error:`` prefix)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, GLRetrievalError):
+        text = str(exc)
+    elif isinstance(exc, MemoryError):
+        text = "out of memory"
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        text = f"{exc.strerror}{where}"
+    else:
+        text = (
+            f"unexpected {type(exc).__name__}: {exc} (a bug in gl-retrieval; set "
+            "GL_RETRIEVAL_DEBUG=1 to see where)"
+        )
+    return " ".join(text.split())
+
+
+def _report(exc: BaseException) -> int:
+    if os.environ.get("GL_RETRIEVAL_DEBUG") and not isinstance(exc, GLRetrievalError):
+        traceback.print_exception(exc, file=sys.stderr)
+    typer.echo(f"error: {error_line(exc)}", err=True)
+    return exit_code_for(exc)
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one line on stderr and exit code 1 (2 for bad config)."""
+    """Turn any exception of a command into one line on stderr and the code from EXIT_CODES.
+
+    Every command of :data:`app` gets this through :class:`_Group` even without the decorator;
+    applying it directly also keeps a command's errors one line when it is called on its own.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from gl_retrieval.errors import ConfigError
-
         try:
             return fn(*args, **kwargs)
-        except ConfigError as e:
-            _fail(str(e), 2)
-        except GLRetrievalError as e:
-            _fail(str(e))
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except ValueError as e:  # bad argument values that reached the library
-            _fail(str(e), 2)
+        except _CONTROL:
+            raise
+        except BaseException as e:  # the one place errors become exit codes
+            if isinstance(e, SystemExit):
+                raise
+            raise typer.Exit(_report(e)) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _pipeline(config: Path) -> Any:
+_EXIT = (typer.Exit, getattr(click.exceptions, "Exit", typer.Exit))
+_ABORT = (typer.Abort, getattr(click.exceptions, "Abort", typer.Abort))
+_CONTROL = (*_EXIT, *_ABORT, click.exceptions.ClickException)
+# click >= 8.2 raises this for a bare group (it prints the help); older clicks print it directly.
+_NoArgsIsHelp = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _usage_line(e: click.exceptions.UsageError) -> str:
+    ctx = e.ctx
+    command = ctx.command_path if ctx is not None else "gl-retrieval"
+    message = " ".join(e.format_message().split())
+    return f"error: {message} (see `{command} --help`)"
+
+
+class _Group(typer.core.TyperGroup):
+    """The app's command group: usage errors and every escaped exception become one line."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Any = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(
+                args=args,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+            code = rv if isinstance(rv, int) else EXIT_OK
+        except _NoArgsIsHelp as e:
+            typer.echo(e.ctx.get_help() if e.ctx is not None else str(e), err=True)
+            code = EXIT_BAD_INPUT
+        except click.exceptions.UsageError as e:
+            typer.echo(_usage_line(e), err=True)
+            code = EXIT_BAD_INPUT
+        except click.exceptions.ClickException as e:
+            typer.echo(f"error: {' '.join(e.format_message().split())}", err=True)
+            code = e.exit_code
+        except _ABORT:
+            typer.echo("error: aborted", err=True)
+            code = EXIT_RUNTIME
+        except _EXIT as e:
+            code = e.exit_code
+        except BaseException as e:  # escaped a command without @handle_errors
+            if isinstance(e, SystemExit):
+                raise
+            code = _report(e)
+        if not standalone_mode:
+            return code
+        sys.exit(code)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # `gl-retrieval query ... | head`: not an error
+                sys.stdout = typing_cast(Any, click.utils.PacifyFlushWrapper(sys.stdout))
+                return EXIT_OK
+            raise
+
+
+def _version(value: bool) -> None:
+    if value:
+        from gl_retrieval import __version__
+
+        typer.echo(f"gl-retrieval {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+app = typer.Typer(
+    name="gl-retrieval",
+    cls=_Group,
+    help="Build, query and evaluate LlamaIndex retrieval pipelines from one YAML config. "
+    "Exit codes: 0 success, 1 runtime failure (a model, a server, the index), 2 bad input "
+    "(the config, an argument, a filter, a source or dataset path).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Build, query and evaluate LlamaIndex retrieval pipelines from one YAML config."""
+
+
+ConfigArg = Annotated[
+    Path, typer.Argument(help="The pipeline's YAML config file.", show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _checked(
+    config: Path, *, sources: bool = False, filters: list[str] | None = None
+) -> PipelineConfig:
+    """Load ``config`` and run the model-free checks, so their errors come before any load."""
+    from gl_retrieval.checks import check_config, raise_for_problems
+
+    cfg = load_config(config)
+    raise_for_problems(check_config(cfg, sources=sources, filters=filters), source=config)
+    return cfg
+
+
+def _pipeline(config: Path | PipelineConfig) -> Any:
     from gl_retrieval.pipeline import RetrievalPipeline
 
     quiet_model_loading()
-    return RetrievalPipeline.from_config(load_config(config))
+    cfg = config if isinstance(config, PipelineConfig) else load_config(config)
+    return RetrievalPipeline.from_config(cfg)
 
 
 def _print_json(data: Any) -> None:
@@ -78,11 +246,16 @@ def _snippet(text: str, width: int = 160) -> str:
 
 
 def _print_results(results: list[Any]) -> None:
+    """Each result on one line with its score labelled, then what each score kind means."""
+    from gl_retrieval.retrieval.results import format_results, score_notes
+
     if not results:
         typer.echo("no results")
-    for i, r in enumerate(results, 1):
-        extra = f" (retrieval {r.retrieval_score:.3f})" if r.rerank_score is not None else ""
-        typer.echo(f"{i:2d}. {r.score:.4f}{extra}  {r.doc_id}  {_snippet(r.node.get_content())}")
+        return
+    for line in format_results(results):
+        typer.echo(line)
+    for note in score_notes(results):
+        typer.echo(f"score {note}")
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -90,14 +263,40 @@ def _print_results(results: list[Any]) -> None:
 
 @app.command()
 @handle_errors
-def validate(config: ConfigArg, as_json: JsonOpt = False) -> None:
-    """Check a config file; print the fully resolved config."""
+def validate(
+    config: ConfigArg,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="Also check these query filters (repeatable), as `query --filter` takes them.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a config without loading any model, and print what it resolves to.
+
+    Besides the schema, it checks that packaged models exist, that local model directories and
+    source paths are there, that a hub model is cached when HF_HUB_OFFLINE is set, and that the
+    server addresses are URLs. Notes go to stderr; any error exits 2 (1 for a model that is not
+    available here).
+    """
+    from gl_retrieval.checks import check_config, describe_embedder
+
     cfg: PipelineConfig = load_config(config)
+    problems = check_config(cfg, sources=True, filters=filters)
+    errors = [p for p in problems if p.level == "error"]
+    for p in problems:
+        typer.echo(f"{p.level}: {config}: {p.line()}", err=True)
+    if errors:
+        kinds = {p.kind for p in errors}
+        raise typer.Exit(EXIT_BAD_INPUT if kinds - {"model"} else EXIT_RUNTIME)
     if as_json:
         _print_json(cfg.model_dump(mode="json"))
     else:
         typer.echo(
-            f"{config}: ok ({cfg.embedder.provider}:{cfg.embedder.model}, "
+            f"{config}: ok ({describe_embedder(cfg)}, "
             f"{cfg.retriever.mode} top_k={cfg.retriever.top_k}, "
             f"reranker={'none' if cfg.reranker is None else cfg.reranker.model}, "
             f"storage={cfg.storage.backend})"
@@ -119,7 +318,7 @@ def index(
     """
     import logging
 
-    pipe = _pipeline(config)
+    pipe = _pipeline(_checked(config, sources=True))
     # The library logs its warnings (e.g. a capped chunk_size); show each once, on stderr.
     warn = logging.StreamHandler(sys.stderr)
     warn.setLevel(logging.WARNING)
@@ -143,8 +342,13 @@ def index(
 def query(
     config: ConfigArg,
     text: Annotated[str, typer.Argument(help="The query.", show_default=False)],
-    top_n: Annotated[int | None, typer.Option(min=1, help="Results to show.")] = None,
-    top_k: Annotated[int | None, typer.Option(min=1, help="Candidates to retrieve.")] = None,
+    top_n: Annotated[
+        int | None, typer.Option(min=1, max=limits.TOP_K, help="How many results to show.")
+    ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(min=1, max=limits.TOP_K, help="How many candidates to retrieve."),
+    ] = None,
     filters: Annotated[
         list[str] | None,
         typer.Option(
@@ -158,9 +362,11 @@ def query(
 ) -> None:
     """Retrieve (and rerank) the best chunks for a query."""
     from gl_retrieval.retrieval.filters import parse_filters
+    from gl_retrieval.retrieval.queries import check_query
 
-    parsed = parse_filters(filters or None)  # a bad filter fails before any model loads
-    pipe = _pipeline(config)
+    check_query(text)  # a bad query or filter fails before any model loads
+    parsed = parse_filters(filters or None)
+    pipe = _pipeline(_checked(config))
     results = pipe.retrieve(text, top_k=top_k, top_n=top_n, filters=parsed)
     if as_json:
         payload: dict[str, Any] = {"query": text}
@@ -200,7 +406,11 @@ def eval_(
     ] = "auto",
     top_k: Annotated[
         int | None,
-        typer.Option(min=1, help="Chunks per query; default max(100, retriever.top_k)."),
+        typer.Option(
+            min=1,
+            max=limits.TOP_K,
+            help="Chunks per query; the default is max(100, retriever.top_k).",
+        ),
     ] = None,
     latency_queries: Annotated[
         int, typer.Option(min=1, help="Queries timed on the full single-query path.")
@@ -219,9 +429,11 @@ def eval_(
     The dataset supplies the corpus (the config's sources are ignored); the stored index is
     reused when it already holds that corpus, so comparing modes embeds it once.
     """
+    from gl_retrieval.eval.metrics import check_dataset
     from gl_retrieval.eval.runner import evaluate_pipeline, write_report
 
-    pipe = _pipeline(config)
+    check_dataset(dataset, split=split)  # a missing dataset or split fails before any load
+    pipe = _pipeline(_checked(config))
     result = evaluate_pipeline(
         pipe,
         dataset,
@@ -248,11 +460,20 @@ def eval_(
 def ask(
     config: ConfigArg,
     question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
-    top_n: Annotated[int | None, typer.Option(min=1, help="Sources given to the LLM.")] = None,
+    top_n: Annotated[
+        int | None,
+        typer.Option(min=1, max=limits.TOP_K, help="How many sources to give the LLM."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question with the config's LLM, from the retrieved sources."""
-    pipe = _pipeline(config)
+    from gl_retrieval.retrieval.queries import check_query
+
+    check_query(question)
+    cfg = _checked(config)
+    if cfg.llm is None:
+        _pipeline(cfg).ask(question)  # raises the one-line "needs an llm section" error
+    pipe = _pipeline(cfg)
     answer = pipe.ask(question, top_n=top_n)
     if as_json:
         _print_json(answer.to_dict())
@@ -330,11 +551,21 @@ def demo(
     if as_json:
         _print_json(report)
         return
+    from gl_retrieval.retrieval.results import SCORE_KINDS
+
     typer.echo(report["summary"])
+    kinds: list[str] = []
     for q in report["queries"]:
         typer.echo(f"\n? {q['query']}")
         for i, r in enumerate(q["results"], 1):
-            typer.echo(f"  {i}. {r['score']:.3f}  [{r['doc_id']}] {_snippet(r['text'], 110)}")
+            kind = r.get("score_kind") or "score"
+            kinds += [kind] if kind not in kinds else []
+            typer.echo(
+                f"  {i}. {kind} {r['score']:.3f}  [{r['doc_id']}] {_snippet(r['text'], 100)}"
+            )
+    for kind in kinds:
+        if kind in SCORE_KINDS:
+            typer.echo(f"\nscore {kind}: {SCORE_KINDS[kind]}")
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -342,6 +573,7 @@ def demo(
 models_app = typer.Typer(
     help="Fetch the models a config names into the Hugging Face cache, for offline use.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(models_app, name="models")
 
@@ -356,20 +588,27 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
     """
     from gl_retrieval.models import configured_models, hf_cache_dir, pull_model
 
-    reports = []
+    reports, failures = [], []
     for ref in configured_models(load_config(config)):
-        report = pull_model(ref, log=lambda line: typer.echo(line, err=True))
+        try:  # every model is tried: a failing embedder must not hide the reranker
+            report = pull_model(ref, log=lambda line: typer.echo(line, err=True))
+        except GLRetrievalError as e:
+            failures.append(e)
+            typer.echo(f"error: {error_line(e)}", err=True)
+            continue
         reports.append(report)
         if not as_json:
             typer.echo(report.line())
     if as_json:
         _print_json({"cache": str(hf_cache_dir()), "models": [r.to_dict() for r in reports]})
+    if failures:
+        raise typer.Exit(max(exit_code_for(e) for e in failures))
 
 
 def main() -> None:
     """Console-script entry point."""
-    try:
-        app()
-    except GLRetrievalError as e:  # raised outside a command body (should not happen)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    app()
+
+
+if __name__ == "__main__":
+    main()

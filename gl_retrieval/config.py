@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from gl_retrieval import limits
 from gl_retrieval.errors import ConfigError
 from gl_retrieval.presets import PRESETS
 
@@ -81,7 +82,10 @@ class HuggingFaceEmbedderConfig(_EmbedderCommon):
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
     device: Device = Field(default="auto", description="auto picks cuda, then mps, then cpu.")
     max_length: int | None = Field(
-        default=None, gt=0, description="Max tokens per input; default: the model's own."
+        default=None,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="Max tokens per input; default: the model's own.",
     )
 
 
@@ -97,10 +101,15 @@ class OllamaEmbedderConfig(_EmbedderCommon):
     base_url: str | None = Field(
         default=None, description="Server URL; default: $OLLAMA_HOST, else http://localhost:11434."
     )
-    timeout_s: float = Field(default=60.0, gt=0, description="Per-request timeout in seconds.")
+    timeout_s: float = Field(
+        default=60.0, gt=0, le=limits.TIMEOUT_S, description="Per-request timeout in seconds."
+    )
     keep_alive: str | float = Field(default="5m", description="How long Ollama keeps the model.")
     num_ctx: int | None = Field(
-        default=None, gt=0, description="Context length in tokens; chunks must fit in it."
+        default=None,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="Context length in tokens; chunks must fit in it.",
     )
     max_retries: int = Field(default=3, ge=0, le=10, description="Retries on 5xx / resets.")
     tokenizer: Path | None = Field(
@@ -132,13 +141,18 @@ class RerankerConfig(_Strict):
     model: str = Field(
         default="BAAI/bge-reranker-base",
         min_length=1,
-        description="Cross-encoder: hub id or local directory (relative to the config file).",
+        description="Cross-encoder: hub id, local directory (relative to the config file), or "
+        "packaged:stand-in-cross-encoder (offline stand-in, random weights: results keep their "
+        "retrieval order).",
     )
     top_n: int = Field(default=5, gt=0, description="Results kept after reranking.")
     device: Device = Field(default="auto", description="auto picks cuda, then mps, then cpu.")
     batch_size: int = Field(default=32, gt=0, le=4096, description="Pairs per forward pass.")
     max_length: int | None = Field(
-        default=512, gt=0, description="Max tokens per query+passage pair; longer ones are cut."
+        default=512,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="Max tokens per query+passage pair; longer ones are cut.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
 
@@ -152,7 +166,7 @@ class RetrieverConfig(_Strict):
     bench/tune_hybrid.py).
     """
 
-    top_k: int = Field(default=20, gt=0, le=10_000, description="Candidates retrieved.")
+    top_k: int = Field(default=20, gt=0, le=limits.TOP_K, description="Candidates retrieved.")
     mode: Literal["dense", "bm25", "hybrid"] = Field(
         default="hybrid",
         description="dense vectors, BM25 keywords, or both fused. Default: hybrid (it beats "
@@ -175,6 +189,7 @@ class RetrieverConfig(_Strict):
     candidate_k: int | None = Field(
         default=300,
         gt=0,
+        le=limits.CANDIDATE_K,
         description="hybrid: depth each retriever contributes before fusion (at least top_k); "
         "None: max(top_k, 100).",
     )
@@ -202,12 +217,15 @@ class PostgresStorageConfig(_Strict):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,47}$",
         description="Table name: letters, digits, underscores; at most 48 characters.",
     )
-    hnsw_m: int = Field(default=16, gt=1, description="HNSW links per node (build time).")
+    hnsw_m: int = Field(default=16, gt=1, le=100, description="HNSW links per node (build time).")
     hnsw_ef_construction: int = Field(
-        default=128, gt=0, description="HNSW candidate list size while building."
+        default=128, gt=0, le=1000, description="HNSW candidate list size while building."
     )
     hnsw_ef_search: int = Field(
-        default=100, gt=0, description="HNSW candidate list size per query: recall vs speed."
+        default=100,
+        gt=0,
+        le=1000,
+        description="HNSW candidate list size per query: recall vs speed.",
     )
     exact_search_max_rows: int = Field(
         default=5_000,
@@ -222,7 +240,10 @@ class PostgresStorageConfig(_Strict):
         description="Pooled connections per process (and as many more on bursts).",
     )
     connect_timeout_s: int = Field(
-        default=10, gt=0, description="Seconds to wait for the server when connecting."
+        default=10,
+        gt=0,
+        le=limits.TIMEOUT_S,
+        description="Seconds to wait for the server when connecting.",
     )
     maintenance_work_mem: str = Field(
         default="512MB",
@@ -263,7 +284,10 @@ class ChunkingConfig(_Strict):
     """Chunk sizes, measured in the embedder's own tokenizer."""
 
     chunk_size: int = Field(
-        default=512, gt=0, description="Tokens per chunk; capped at what the embedder reads."
+        default=512,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="Tokens per chunk; capped at what the embedder reads.",
     )
     chunk_overlap: int = Field(
         default=64, ge=0, description="Tokens shared by neighbouring chunks; < chunk_size."
@@ -291,7 +315,9 @@ class OllamaLLMConfig(_Strict):
     base_url: str | None = Field(
         default=None, description="Server URL; default: $OLLAMA_HOST, else http://localhost:11434."
     )
-    timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout in seconds.")
+    timeout_s: float = Field(
+        default=120.0, gt=0, le=limits.TIMEOUT_S, description="Per-request timeout in seconds."
+    )
     temperature: float = Field(
         default=0.1, ge=0.0, le=2.0, description="Sampling temperature; low keeps answers close."
     )
@@ -395,6 +421,11 @@ class PipelineConfig(_Strict):
         return self.model_copy(update=update)
 
 
+def _short(value: Any, width: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= width else f"{text[: width - 1]}… ({len(text):,} characters)"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
@@ -416,9 +447,66 @@ def _format_errors(err: ValidationError, source: str) -> str:
         if e["type"] == "union_tag_invalid":
             value = e["ctx"]["tag"]
         hide = isinstance(value, dict) or e["type"] in ("missing", "value_error")
-        shown = "" if hide else f" (got {value!r})"
+        shown = "" if hide else f" (got {_short(value)})"
         lines.append(f"{loc or '<root>'}: {msg}{shown}")
     return f"{source}: invalid config: " + "; ".join(lines)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting while composing (before Python's stack is at risk)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > limits.CONFIG_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _TooDeep(f"line {mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _check_shape(data: Any, source: str) -> None:
+    """Refuse configs nested deeper than CONFIG_DEPTH or holding more than CONFIG_VALUES values
+    once aliases are expanded (shared objects count every time they are reached), in time
+    linear in the distinct objects."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(obj: Any, depth: int) -> int:
+        if depth > limits.CONFIG_DEPTH:
+            raise ConfigError(
+                f"{source}: config nested deeper than {limits.CONFIG_DEPTH} levels (the limit); "
+                "no real config comes close"
+            )
+        if not isinstance(obj, (dict, list, tuple)):
+            return 1
+        key = id(obj)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"{source}: config refers to itself (a recursive YAML alias)")
+        active.add(key)
+        items = [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj
+        total = 1
+        for item in items:
+            total += size(item, depth + 1)
+            if total > limits.CONFIG_VALUES:
+                raise ConfigError(
+                    f"{source}: config expands to more than {limits.CONFIG_VALUES:,} values "
+                    "(the limit), through YAML aliases or sheer size; no real config comes close"
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(data, 0)
 
 
 def parse_config(data: Any, *, source: str = "<config>") -> PipelineConfig:
@@ -426,36 +514,77 @@ def parse_config(data: Any, *, source: str = "<config>") -> PipelineConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise ConfigError(f"{source}: the top level must be a mapping, but got {kind}")
+        kind = {"list": "a list", "str": "a string", "int": "a number", "float": "a number"}.get(
+            type(data).__name__, f"a {type(data).__name__}"
+        )
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, but got {kind}")
+    _check_shape(data, source)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
 
 
+def _read_yaml(p: Path) -> Any:
+    try:
+        reason = limits.not_a_file(p)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    if reason is not None:
+        raise ConfigError(f"{p}: cannot read config: it is {reason}")
+    try:
+        raw = limits.read_capped(p, limits.CONFIG_BYTES)
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    if raw is None:
+        raise ConfigError(
+            f"{p}: config file is larger than {limits.human_bytes(limits.CONFIG_BYTES)} (the "
+            "limit); a config holds settings, not data: point sources at the data instead"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{p}: config is not UTF-8 text (byte {e.start}, line {line}): save it as UTF-8"
+        ) from None
+    if "\0" in text:
+        raise ConfigError(f"{p}: config contains a NUL byte: it is not a text file")
+    loader = _BoundedLoader(text)
+    loader.name = str(p)  # marks in YAML errors name the file, not "<unicode string>"
+    try:
+        return loader.get_single_data()
+    except _TooDeep as e:
+        raise ConfigError(
+            f"{p}: config nested deeper than {limits.CONFIG_DEPTH} levels (the limit) at {e}; "
+            "no real config comes close"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
     """Load and validate a YAML config; relative paths resolve against the file's folder.
+
+    Reading is bounded: a file over :data:`gl_retrieval.limits.CONFIG_BYTES`, nested deeper than
+    ``CONFIG_DEPTH`` or expanding (through YAML aliases) to more than ``CONFIG_VALUES`` values is
+    refused before any of it is validated.
 
     Args:
         path: The YAML file.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or does not match the schema. The message
-            names the file, the key path and what was expected.
+        ConfigError: the file is missing, not a regular file, too large, not UTF-8, not YAML, or
+            does not match the schema. The message names the file, the key path and what was
+            expected, or the limit it passed.
 
     Example:
         >>> cfg = load_config("examples/configs/demo.yaml")  # doctest: +SKIP
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}".replace("\n", " ")) from None
+    data = _read_yaml(p)
     return parse_config(data, source=str(p)).resolve_paths(p.resolve().parent)

@@ -13,6 +13,7 @@ Tree::
     ├── IndexNotFoundError       no index at the configured storage location yet
     ├── SourceError              a configured source cannot be read at all
     ├── FilterError              a metadata filter is malformed (unknown operator, type mismatch)
+    ├── QueryError               a query is empty, too long or holds a NUL; top_k out of range
     ├── EmbeddingError           the embedder returned something unusable (wrong count or dimension)
     │   └── OllamaError          the Ollama server failed (down, model missing, timeout, 5xx)
     ├── StorageError             the storage backend failed (connection, credentials, extension)
@@ -34,6 +35,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelLoadError",
     "OllamaError",
+    "QueryError",
     "SourceError",
     "StorageError",
 ]
@@ -69,6 +71,10 @@ class SourceError(GLRetrievalError):
 
 class FilterError(GLRetrievalError, ValueError):
     """A metadata filter is malformed: unknown operator, unknown syntax or a type mismatch."""
+
+
+class QueryError(GLRetrievalError, ValueError):
+    """A query cannot be run: empty, too long, a NUL character, or top_k/top_n out of range."""
 
 
 class EmbeddingError(GLRetrievalError):

@@ -149,7 +149,7 @@ def test_eval_errors_are_one_line(cranfield_slice: dict[str, Path], tmp_path: Pa
     bad_split = runner.invoke(app, [*base, str(cranfield_slice["data"]), "--split", "dev"])
     assert bad_split.exit_code == 2 and "available splits: test" in bad_split.stderr
     missing = runner.invoke(app, [*base, str(tmp_path / "nope")])
-    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr  # bad input, like a split
     for r in (bad_mode, bad_split, missing):
         assert "Traceback" not in r.output
 

@@ -142,12 +142,16 @@ def test_offline_missing_model_fails_every_command_with_one_line(
         f"({hf_home / 'hub'}) and the hub was not tried (HF_HUB_OFFLINE is set): run "
         "`gl-retrieval models pull CONFIG`"
     )
-    for args in (["index", new_cfg], ["query", hub_cfg, "q"], ["models", "pull", hub_cfg]):
+    for args in (["index", new_cfg], ["query", hub_cfg, "q"]):
         t0 = time.perf_counter()
         line = one_line_error(runner.invoke(app, [str(a) for a in args]))
         assert time.perf_counter() - t0 < 10
         assert line.startswith(expected), (args, line)
         assert line.endswith("or set embedder.model to a local directory")
+    # `models pull` itself does not advise running `models pull`: it says what blocks it.
+    line = one_line_error(runner.invoke(app, ["models", "pull", str(hub_cfg)]))
+    assert line.startswith(f"error: cannot pull embedder model '{HUB_EMBEDDER}'"), line
+    assert "unset HF_HUB_OFFLINE" in line and "models pull" not in line
 
 
 def test_offline_missing_reranker_fails_query_with_one_line(

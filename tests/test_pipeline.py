@@ -122,7 +122,8 @@ def test_query_engine_is_retrieval_only(small_config: dict[str, Any]) -> None:
     pipe = RetrievalPipeline.from_config(small_config)
     pipe.index()
     response = pipe.as_query_engine().query("lexical term frequency ranking")
-    assert response.response == ""
+    assert response.metadata == {"retrieval_only": True}
+    assert str(response).startswith("Retrieval only (the config has no llm section)")
     assert response.source_nodes[0].node.ref_doc_id == "bm25"
 
 

@@ -45,7 +45,9 @@ from typing import Any, Final, TypeAlias
 
 import numpy as np
 
+from gl_retrieval import limits
 from gl_retrieval.errors import ConfigError, SourceError
+from gl_retrieval.ingest.sources import jsonl_lines
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -164,8 +166,11 @@ def iter_corpus(path: str | os.PathLike[str]) -> Iterator[BeirDocument]:
     file = Path(path)
     if file.is_dir():
         file = file / "corpus.jsonl"
-    if not file.is_file():
+    if not file.exists():
         raise SourceError(f"corpus file {file} does not exist (expected BEIR corpus.jsonl)")
+    reason = limits.not_a_file(file)
+    if reason is not None:
+        raise SourceError(f"corpus file {file} is {reason}")
     return _iter_corpus_file(file)
 
 
@@ -181,18 +186,44 @@ def _iter_corpus_file(file: Path) -> Iterator[BeirDocument]:
         )
 
 
-def _read_jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with file.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+def _lines(file: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a dataset file: regular files only, lines of at most
+    JSONL_LINE_BYTES, UTF-8; anything else is a one-line SourceError naming file and line."""
+    reason = limits.not_a_file(file)
+    if reason is not None:
+        raise SourceError(f"{file} is {reason}")
+    with file.open("rb") as fh:
+        for lineno, raw in jsonl_lines(fh):
+            if raw is None:
+                cap = limits.human_bytes(limits.JSONL_LINE_BYTES)
+                raise SourceError(f"{file}:{lineno}: line longer than {cap} (the limit)")
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{file}:{lineno}: not valid JSON ({e.msg})") from e
-            if not isinstance(obj, dict):
-                raise SourceError(f"{file}:{lineno}: expected a JSON object, got {obj!r:.60}")
-            yield lineno, obj
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SourceError(f"{file}:{lineno}: not UTF-8 text (byte {e.start})") from None
+
+
+def _check_size(file: Path) -> None:
+    if file.stat().st_size > limits.QRELS_BYTES:
+        raise SourceError(
+            f"{file} is larger than {limits.human_bytes(limits.QRELS_BYTES)} (the limit for "
+            "queries and qrels files)"
+        )
+
+
+def _read_jsonl(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for lineno, line in _lines(file):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{file}:{lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise SourceError(f"{file}:{lineno}: JSON nested far too deeply") from None
+        if not isinstance(obj, dict):
+            raise SourceError(f"{file}:{lineno}: expected a JSON object, got {obj!r:.60}")
+        yield lineno, obj
 
 
 def _doc_id(obj: Mapping[str, Any], file: Path, lineno: int) -> str:
@@ -200,6 +231,46 @@ def _doc_id(obj: Mapping[str, Any], file: Path, lineno: int) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise SourceError(f"{file}:{lineno}: missing or invalid '_id' (got {value!r})")
     return str(value)
+
+
+def check_dataset(path: str | os.PathLike[str], *, split: str = "test") -> Path:
+    """Check a BEIR dataset's layout without reading it; return its ``qrels/<split>.tsv``.
+
+    Raises:
+        SourceError: the directory or a file is missing, or a file is a FIFO, a device or a
+            directory (any of which would hang or mislead a reader).
+        ConfigError: the split does not exist (the error lists those that do).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise SourceError(f"BEIR dataset directory {root} {what} (--dataset)")
+    for required, kind in (("corpus.jsonl", "file"), ("queries.jsonl", "file"), ("qrels", "dir")):
+        entry = root / required
+        if not entry.exists():
+            raise SourceError(
+                f"BEIR dataset {root} has no {required}: expected corpus.jsonl, queries.jsonl "
+                "and qrels/<split>.tsv"
+            )
+        if kind == "file" and limits.not_a_file(entry) is not None:
+            raise SourceError(f"BEIR dataset file {entry} is {limits.not_a_file(entry)}")
+        if kind == "dir" and not entry.is_dir():
+            raise SourceError(f"BEIR dataset {root}: {entry} is not a directory")
+    if not re.fullmatch(r"[\w.-]{1,64}", split) or split.startswith("."):
+        raise ConfigError(f"split {split!r} is not a split name: use letters, digits, - _ .")
+    qrels_file = root / "qrels" / f"{split}.tsv"
+    if not qrels_file.exists():
+        available = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
+        raise ConfigError(
+            f"split {split!r} not found: {qrels_file} does not exist; "
+            f"available splits: {', '.join(available) or '(none)'}"
+        )
+    reason = limits.not_a_file(qrels_file)
+    if reason is not None:
+        raise SourceError(f"qrels file {qrels_file} is {reason}")
+    _check_size(qrels_file)
+    _check_size(root / "queries.jsonl")
+    return qrels_file
 
 
 def load_beir(
@@ -237,23 +308,9 @@ def load_beir(
         (225, 4.0)
     """
     root = Path(path)
-    if not root.is_dir():
-        raise SourceError(f"BEIR dataset directory {root} does not exist or is not a directory")
+    qrels_file = check_dataset(root, split=split)
     name = root.resolve().name
     table = _resolve_gains(gains, root=root, name=name)
-    for required in ("corpus.jsonl", "queries.jsonl", "qrels"):
-        if not (root / required).exists():
-            raise SourceError(
-                f"BEIR dataset {root} has no {required}: expected corpus.jsonl, queries.jsonl "
-                "and qrels/<split>.tsv"
-            )
-    qrels_file = root / "qrels" / f"{split}.tsv"
-    if not qrels_file.is_file():
-        available = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
-        raise ConfigError(
-            f"split {split!r} not found: {qrels_file} does not exist; "
-            f"available splits: {', '.join(available) or '(none)'}"
-        )
     qrels = _read_qrels(qrels_file, table)
     queries = _read_queries(root / "queries.jsonl", wanted=qrels)
     return BeirDataset(
@@ -288,36 +345,37 @@ def _resolve_gains(
     if gains in GAIN_PRESETS:
         return GAIN_PRESETS[gains]
     valid = ", ".join(["'auto'", "'raw'", *(repr(k) for k in GAIN_PRESETS)])
-    raise ConfigError(f"unknown gains {gains!r}; use a mapping, None or one of: {valid}")
+    raise ConfigError(f"unknown gains {gains!r}; use one of: {valid}, or a code-to-gain table")
 
 
 def _read_qrels(file: Path, table: Mapping[int, float] | None) -> dict[str, dict[str, float]]:
     qrels: dict[str, dict[str, float]] = {}
-    with file.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
+    for lineno, line in _lines(file):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\r\n").split("\t")
+        if len(parts) != 3:
+            parts = line.split()
+        if len(parts) != 3:
+            raise SourceError(
+                f"{file}:{lineno}: expected 'query-id corpus-id score', got {line.strip()!r:.80}"
+            )
+        qid, doc_id, raw = parts
+        try:
+            score = float(raw)
+        except ValueError:
+            if lineno == 1:  # the header line
                 continue
-            parts = line.rstrip("\r\n").split("\t")
-            if len(parts) != 3:
-                parts = line.split()
-            if len(parts) != 3:
-                raise SourceError(
-                    f"{file}:{lineno}: expected 'query-id corpus-id score', got {line.strip()!r}"
-                )
-            qid, doc_id, raw = parts
-            try:
-                score = float(raw)
-            except ValueError as e:
-                if lineno == 1:  # the header line
-                    continue
-                raise SourceError(f"{file}:{lineno}: score {raw!r} is not a number") from e
-            gain = score if table is None else _apply_gain(table, score, file, lineno)
-            judged = qrels.setdefault(qid, {})
-            if judged.get(doc_id, gain) != gain:
-                raise SourceError(
-                    f"{file}:{lineno}: ({qid}, {doc_id}) is judged twice with different scores"
-                )
-            judged[doc_id] = gain
+            raise SourceError(f"{file}:{lineno}: score {raw!r:.40} is not a number") from None
+        if not math.isfinite(score):
+            raise SourceError(f"{file}:{lineno}: score {raw!r:.40} is not a finite number")
+        gain = score if table is None else _apply_gain(table, score, file, lineno)
+        judged = qrels.setdefault(qid, {})
+        if judged.get(doc_id, gain) != gain:
+            raise SourceError(
+                f"{file}:{lineno}: ({qid}, {doc_id}) is judged twice with different scores"
+            )
+        judged[doc_id] = gain
     return qrels
 
 

@@ -228,11 +228,9 @@ class _NoBar:
 def _progress(*, total: int, enabled: bool) -> Any:
     if not enabled or total == 0:
         return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc="embedding", unit="chunk", dynamic_ncols=True)
+    from gl_retrieval._progress import make_bar
+
+    return make_bar(total=total, desc="embedding", unit="chunk") or _NoBar()
 
 
 def index_documents(

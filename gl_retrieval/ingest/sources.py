@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import json
 import re
@@ -31,8 +32,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from gl_retrieval import limits
 from gl_retrieval.config import SourceConfig
 from gl_retrieval.errors import SourceError
 
@@ -43,9 +45,11 @@ __all__ = [
     "Document",
     "Skipped",
     "html_to_text",
+    "jsonl_lines",
     "read_directory",
     "read_jsonl",
     "read_sources",
+    "source_problem",
 ]
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst", ".text"})
@@ -86,12 +90,33 @@ class Skipped:
 # -- jsonl -------------------------------------------------------------------------------------
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """True when ``value`` nests dicts/lists deeper than ``limit`` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def _jsonl_document(obj: Any, *, where: str) -> Document:
     if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+        raise ValueError(f"expected a JSON object, got {_json_kind(obj)}")
     doc_id = obj.get("_id", obj.get("id"))
     if doc_id is None or str(doc_id) == "":
         raise ValueError("missing '_id' or 'id'")
+    if isinstance(doc_id, (dict, list)):
+        raise ValueError("'_id' must be a string or a number")
+    doc_id = str(doc_id)
+    if len(doc_id) > limits.DOC_ID_CHARS:
+        raise ValueError(
+            f"'_id' is {len(doc_id):,} characters, over the {limits.DOC_ID_CHARS:,}-character limit"
+        )
     text = obj.get("text")
     if not isinstance(text, str):
         raise ValueError("missing 'text' string")
@@ -101,31 +126,67 @@ def _jsonl_document(obj: Any, *, where: str) -> Document:
     meta = obj.get("metadata") or {}
     if not isinstance(meta, dict):
         raise ValueError("'metadata' must be an object")
+    if _too_deep(meta, limits.METADATA_DEPTH):
+        raise ValueError(
+            f"'metadata' is nested deeper than {limits.METADATA_DEPTH} levels (the limit)"
+        )
     body = f"{title}\n{text}" if title and text else (title or text)
     metadata = dict(meta)
     if title:
         metadata.setdefault("title", title)
-    return Document(doc_id=str(doc_id), text=body, metadata=metadata, source=where)
+    return Document(doc_id=doc_id, text=body, metadata=metadata, source=where)
+
+
+def _json_kind(obj: Any) -> str:
+    names = {"list": "an array", "str": "a string", "int": "a number", "float": "a number"}
+    return names.get(type(obj).__name__, "null" if obj is None else type(obj).__name__)
+
+
+def jsonl_lines(
+    f: BinaryIO, cap: int = limits.JSONL_LINE_BYTES
+) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, bytes)`` of a binary file, reading at most ``cap + 1`` bytes at a time;
+    a line longer than ``cap`` comes back as ``None`` (and is read past, not kept)."""
+    lineno = 0
+    while True:
+        raw = f.readline(cap + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > cap and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):  # skip the rest of the line, in bounded reads
+                raw = f.readline(cap + 1)
+            yield lineno, None
+            continue
+        yield lineno, raw
 
 
 def read_jsonl(path: Path, skipped: list[Skipped]) -> Iterator[Document]:
     """Yield the documents of a BEIR-layout ``.jsonl`` file.
 
-    Lines that are not valid JSON, not UTF-8, or lack an id or text are reported in ``skipped``
-    as ``file:line``; the other lines are still read.
+    Lines that are not valid JSON, not UTF-8, longer than
+    :data:`~gl_retrieval.limits.JSONL_LINE_BYTES`, nested too deeply, or lack an id or text are
+    reported in ``skipped`` as ``file:line``; the other lines are still read.
 
     Raises:
-        SourceError: the file cannot be opened at all.
+        SourceError: the file cannot be opened at all, or is not a regular file.
     """
     try:
+        reason = limits.not_a_file(path)
+        if reason is not None:
+            raise SourceError(f"source {path} is {reason} (sources[].path in the config)")
         f = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
     except OSError as e:
         raise SourceError(f"cannot open source {path}: {e.strerror}") from None
     with f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in jsonl_lines(f):
+            where = f"{path}:{lineno}"
+            if raw is None:
+                line_cap = limits.human_bytes(limits.JSONL_LINE_BYTES)
+                skipped.append(Skipped(where, f"line longer than {line_cap} (the limit)"))
+                continue
             if not raw.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 doc = _jsonl_document(json.loads(raw.decode("utf-8")), where=where)
                 doc.content_hash  # noqa: B018 - fails on lone surrogates ("\\ud800"), early
@@ -135,7 +196,19 @@ def read_jsonl(path: Path, skipped: list[Skipped]) -> Iterator[Document]:
             except UnicodeEncodeError:
                 skipped.append(Skipped(where, "text has unpaired surrogates (invalid Unicode)"))
                 continue
-            except ValueError as e:  # json.JSONDecodeError is a ValueError
+            except RecursionError:
+                skipped.append(
+                    Skipped(
+                        where,
+                        "JSON nested far too deeply "
+                        f"(metadata may nest {limits.METADATA_DEPTH} levels)",
+                    )
+                )
+                continue
+            except json.JSONDecodeError as e:
+                skipped.append(Skipped(where, f"not valid JSON ({e.msg} at column {e.colno})"))
+                continue
+            except ValueError as e:
                 skipped.append(Skipped(where, str(e).splitlines()[0]))
                 continue
             if not doc.text.strip():
@@ -258,8 +331,22 @@ def _check_binary(raw: bytes) -> None:
         raise ValueError("binary file")
 
 
+def _read_bytes(path: Path) -> bytes:
+    """A source file's bytes: regular files only, at most SOURCE_FILE_BYTES (else ValueError)."""
+    reason = limits.not_a_file(path)
+    if reason is not None:
+        raise ValueError(reason)
+    cap = limits.SOURCE_FILE_BYTES
+    if path.stat().st_size > cap:
+        raise ValueError(f"larger than {limits.human_bytes(cap)} (the limit)")
+    raw = limits.read_capped(path, cap)
+    if raw is None:
+        raise ValueError(f"larger than {limits.human_bytes(cap)} (the limit)")
+    return raw
+
+
 def _read_text_file(path: Path) -> tuple[str, dict[str, Any]]:
-    raw = path.read_bytes()
+    raw = _read_bytes(path)
     _check_binary(raw)
     try:
         return raw.decode("utf-8"), {}
@@ -268,7 +355,7 @@ def _read_text_file(path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def _read_html_file(path: Path) -> tuple[str, dict[str, Any]]:
-    raw = path.read_bytes()
+    raw = _read_bytes(path)
     _check_binary(raw)
     text, title = html_to_text(_decode_html(raw))
     return text, ({"title": title} if title else {})
@@ -279,6 +366,7 @@ def _read_pdf_file(path: Path) -> tuple[str, dict[str, Any]]:
         from llama_index.readers.file import PDFReader
     except ImportError:
         raise ValueError(PDF_INSTALL_HINT) from None
+    _read_bytes(path)  # the same checks (regular file, size cap) before the parser opens it
     try:
         pages = PDFReader().load_data(file=path)
     except Exception as e:  # a third-party parser: any failure skips this one file
@@ -313,14 +401,47 @@ def read_directory(
     """
     paths = sorted(root.glob(glob)) if glob else sorted(root.rglob("*"))
     for p in paths:
-        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+        if any(part.startswith(".") for part in p.relative_to(root).parts):
             continue
         if glob is None and p.suffix.lower() not in READABLE_SUFFIXES:
             continue
         try:
+            if p.is_dir():
+                continue
+            if not p.is_file():  # a FIFO, a device, a socket, a dangling or looping symlink
+                reason = _special_file(p)
+                if reason is not None:
+                    skipped.append(Skipped(p.relative_to(root).as_posix(), reason))
+                continue
             yield _read_file(p, root)
         except (ValueError, OSError) as e:
-            skipped.append(Skipped(p.relative_to(root).as_posix(), str(e)))
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            skipped.append(Skipped(p.relative_to(root).as_posix(), reason))
+
+
+def _special_file(p: Path) -> str | None:
+    try:
+        return limits.not_a_file(p)
+    except OSError as e:
+        if not p.is_symlink():
+            return e.strerror or str(e)
+        return "a symlink that loops" if e.errno == errno.ELOOP else "a dangling symlink"
+
+
+def glob_escape(name: str) -> str:
+    """A file name as a glob pattern that matches only itself."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def source_problem(path: Path) -> str:
+    """Why a configured source path cannot be read: missing, or not a file or directory."""
+    try:
+        reason = limits.not_a_file(path)
+    except FileNotFoundError:
+        return f"source {path} does not exist (sources[].path in the config)"
+    except OSError as e:
+        return f"source {path} cannot be read: {e.strerror} (sources[].path in the config)"
+    return f"source {path} is {reason or 'unreadable'} (sources[].path in the config)"
 
 
 def read_sources(sources: Iterable[SourceConfig], skipped: list[Skipped]) -> Iterator[Document]:
@@ -338,9 +459,9 @@ def read_sources(sources: Iterable[SourceConfig], skipped: list[Skipped]) -> Ite
             if path.suffix.lower() == ".jsonl":
                 docs = read_jsonl(path, skipped)
             else:
-                docs = read_directory(path.parent, skipped, glob=path.name)
+                docs = read_directory(path.parent, skipped, glob=glob_escape(path.name))
         else:
-            raise SourceError(f"source {path} does not exist (sources[].path in the config)")
+            raise SourceError(source_problem(path))
         for doc in docs:
             if doc.doc_id in seen:
                 raise SourceError(

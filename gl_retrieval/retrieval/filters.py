@@ -33,8 +33,10 @@ Example:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeAlias
 
 from llama_index.core.vector_stores.types import (
@@ -44,6 +46,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilters,
 )
 
+from gl_retrieval import limits
 from gl_retrieval.errors import FilterError
 
 __all__ = [
@@ -97,8 +100,25 @@ def _scalar(text: str) -> Any:
         return text[1:-1]
     if _NUMBER.match(text):
         number = float(text)
-        return int(number) if re.fullmatch(r"[+-]?\d+", text) else number
+        if not math.isfinite(number):
+            raise FilterError(f"number {_short(text)} is out of range: use a finite number")
+        return int(text) if re.fullmatch(r"[+-]?\d+", text) else number
     return text
+
+
+def _short(text: str, width: int = 40) -> str:
+    return repr(text) if len(text) <= width else f"{text[:width]!r}… ({len(text):,} characters)"
+
+
+def _real_date(text: str, where: str) -> None:
+    """Refuse ISO-looking dates that name no real day or time (2026-13-01, 2026-02-30)."""
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise FilterError(
+            f"filter {_short(where)}: {text!r} is not a real date: use YYYY-MM-DD (month "
+            "01-12, a day that month has), optionally with THH:MM[:SS]"
+        ) from None
 
 
 def _list(text: str) -> list[Any]:
@@ -123,17 +143,34 @@ def parse_filter(text: str) -> MetadataFilter:
     """
     if not isinstance(text, str):
         raise FilterError(f"a filter must be a string like 'ticker=PENDLE', got {text!r}")
+    if len(text) > limits.FILTER_CHARS:
+        raise FilterError(
+            f"filter {_short(text)} is over the limit of {limits.FILTER_CHARS:,} characters"
+        )
+    if "\0" in text:
+        raise FilterError(f"filter {_short(text)} contains a NUL character")
+    try:
+        return _parse_filter(text)
+    except FilterError as e:
+        if str(e).startswith(("filter ", "cannot parse filter")):
+            raise
+        raise FilterError(f"filter {_short(text)}: {e}") from None
+
+
+def _parse_filter(text: str) -> MetadataFilter:
     m = _WORD.match(text) or _SYMBOLIC.match(text)
     if m is None:
-        raise FilterError(f"cannot parse filter {text!r}: expected {_SYNTAX}")
+        raise FilterError(f"cannot parse filter {_short(text)}: expected {_SYNTAX}")
     key, op, raw = m.group("key"), " ".join(m.group("op").lower().split()), m.group("value")
     if not raw.strip():
-        raise FilterError(f"filter {text!r} has no value after {op!r}: expected {_SYNTAX}")
+        raise FilterError(f"filter {_short(text)} has no value after {op!r}: expected {_SYNTAX}")
     operator = _OPS[op]
     if operator in (FilterOperator.IN, FilterOperator.NIN):
         values = _list(raw)
         if not values:
-            raise FilterError(f"filter {text!r}: {op!r} needs a comma-separated list, e.g. a,b")
+            raise FilterError(
+                f"filter {_short(text)}: {op!r} needs a comma-separated list, e.g. a,b"
+            )
         return _make(key, operator, values, text)
     if op in ("=", "==", "!=") and raw.strip().startswith("[") and raw.strip().endswith("]"):
         # key=[a,b] is membership; key!=[a,b] is exclusion.
@@ -143,6 +180,11 @@ def parse_filter(text: str) -> MetadataFilter:
 
 
 def _make(key: str, operator: FilterOperator, value: Any, where: str) -> MetadataFilter:
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str) and _DATE.match(v):
+            _real_date(v, where)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise FilterError(f"filter {_short(where)}: {v} is not a finite number")
     try:
         return MetadataFilter(key=key, operator=operator, value=value)
     except ValueError:
@@ -217,6 +259,10 @@ def parse_filters(spec: Any) -> MetadataFilters | None:
         )
     if not filters:
         return None
+    if len(filters) > limits.FILTERS:
+        raise FilterError(
+            f"{len(filters):,} filters given, over the limit of {limits.FILTERS} per query"
+        )
     result = MetadataFilters(filters=filters, condition=FilterCondition.AND)
     _check_supported(result)
     return result
