@@ -9,6 +9,7 @@ cap                          value           where it is checked
 ``CONFIG_BYTES``             1 MiB           :func:`gl_retrieval.config.load_config`
 ``CONFIG_DEPTH``             32 levels       YAML nesting, while composing (and dict configs)
 ``CONFIG_VALUES``            100,000         values after YAML alias expansion ("billion laughs")
+``CONFIG_NODES``             10,000          YAML values as written (composing them is pure Python)
 ``JSONL_LINE_BYTES``         16 MiB          one line of a ``.jsonl`` source or BEIR file
 ``SOURCE_FILE_BYTES``        256 MiB         one source file (larger ones are skipped by name)
 ``METADATA_DEPTH``           8 levels        nesting of a source document's ``metadata``
@@ -40,6 +41,7 @@ __all__ = [
     "CANDIDATE_K",
     "CONFIG_BYTES",
     "CONFIG_DEPTH",
+    "CONFIG_NODES",
     "CONFIG_VALUES",
     "DOC_ID_CHARS",
     "FILTERS",
@@ -62,6 +64,7 @@ MiB = 1024 * 1024
 CONFIG_BYTES = 1 * MiB
 CONFIG_DEPTH = 32
 CONFIG_VALUES = 100_000
+CONFIG_NODES = 10_000
 JSONL_LINE_BYTES = 16 * MiB
 SOURCE_FILE_BYTES = 256 * MiB
 METADATA_DEPTH = 8
@@ -107,8 +110,14 @@ def not_a_file(path: os.PathLike[str] | str) -> str | None:
 def read_capped(path: os.PathLike[str] | str, cap: int) -> bytes | None:
     """The bytes of a regular file, or ``None`` when it holds more than ``cap`` bytes.
 
-    Reads at most ``cap + 1`` bytes, so a file that grows while being read costs no more.
+    Reads at most ``cap + 1`` bytes, so a file that grows while being read costs no more, and
+    allocates by the file's size, not by the cap.
     """
     with open(path, "rb") as f:
-        data = f.read(cap + 1)
-    return None if len(data) > cap else data
+        size = os.fstat(f.fileno()).st_size
+        parts = [f.read(min(size, cap) + 1)]
+        total = len(parts[0])
+        while parts[-1] and total <= cap:  # it grew: keep reading, a MiB at a time
+            parts.append(f.read(min(MiB, cap + 1 - total)))
+            total += len(parts[-1])
+    return None if total > cap else b"".join(parts)
