@@ -1,4 +1,4 @@
-"""What the example scripts share: command-line options, config loading, quiet model loading.
+"""What the example scripts share: command-line options, config loading, output helpers.
 
 Not part of the library: copy what you need. The interesting code is in the scripts themselves.
 """
@@ -17,12 +17,6 @@ from gl_retrieval.config import EmbeddedStorageConfig
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 
-#: The offline configs point ``reranker.model`` at a directory with this name. It holds a tiny,
-#: randomly initialised cross-encoder (meaningless scores) that the scripts create on first use,
-#: because no trained cross-encoder can be downloaded offline. Production configs name
-#: ``BAAI/bge-reranker-base`` instead, and nothing is created.
-OFFLINE_RERANKER = "tiny-cross-encoder"
-
 
 def parser(description: str, *, default_config: str) -> argparse.ArgumentParser:
     """The options every example takes: --config, --json, --index-dir."""
@@ -38,8 +32,7 @@ def parser(description: str, *, default_config: str) -> argparse.ArgumentParser:
         "--index-dir",
         type=Path,
         default=None,
-        help="write the index (and the offline reranker stand-in) here instead of where the "
-        "config says",
+        help="write the index here instead of where the config says",
     )
     return p
 
@@ -52,19 +45,7 @@ def load_example_config(path: Path, *, index_dir: Path | None) -> PipelineConfig
             update={"persist_dir": index_dir / cfg.storage.persist_dir.name}
         )
         cfg = cfg.model_copy(update={"storage": storage})
-        if cfg.reranker is not None and Path(cfg.reranker.model).name == OFFLINE_RERANKER:
-            reranker = cfg.reranker.model_copy(update={"model": str(index_dir / OFFLINE_RERANKER)})
-            cfg = cfg.model_copy(update={"reranker": reranker})
-    _ensure_offline_reranker(cfg)
     return cfg
-
-
-def _ensure_offline_reranker(cfg: PipelineConfig) -> None:
-    if cfg.reranker is None or Path(cfg.reranker.model).name != OFFLINE_RERANKER:
-        return
-    from gl_retrieval.testing import make_tiny_cross_encoder
-
-    make_tiny_cross_encoder(cfg.reranker.model)
 
 
 def snippet(text: str, width: int = 100) -> str:
@@ -76,3 +57,21 @@ def snippet(text: str, width: int = 100) -> str:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, ensure_ascii=False, default=str)
     sys.stdout.write("\n")
+
+
+def result_line(rank: int, hit: Any, width: int = 80) -> str:
+    """One result with its scores labelled: ``rerank 4.210 (cosine 0.612)`` after a trained
+    reranker, ``cosine 0.612`` alone when there is none or it is the offline stand-in."""
+    scores = f"{hit.score_kind or 'score'} {hit.score:.3f}"
+    if hit.score_kind == "rerank":
+        scores += f" ({hit.retrieval_kind} {hit.retrieval_score:.3f})"
+    return f"  {rank}. {scores}  {hit.doc_id}: {snippet(hit.node.get_content(), width)}"
+
+
+def ranking_note(hits: Any) -> str:
+    """How ``hits`` were ordered, honestly: reranked, or kept in retrieval order."""
+    if any(h.rerank_stand_in for h in hits):
+        return "(kept in retrieval order: the offline reranker is a stand-in with random weights)"
+    if any(h.rerank_score is not None for h in hits):
+        return "(reranked by the cross-encoder)"
+    return "(retrieval order; no reranker)"

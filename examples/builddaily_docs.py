@@ -10,18 +10,18 @@ Ollama model writes the answer from those chunks; without one (offline) the answ
 
 Re-running embeds only pages that changed; pages deleted from the folder are pruned.
 
-About the offline reranker: builddaily.offline.yaml points ``reranker.model`` at a tiny,
-randomly initialised cross-encoder that this script creates on first run. It runs the real
-loading and scoring path, but its scores are MEANINGLESS, so the offline reranked order is
-arbitrary: compare ``retrieval`` scores to see what the bi-encoder found. The production config
-uses BAAI/bge-reranker-base, whose scores do mean relevance.
+About the offline reranker: builddaily.offline.yaml names ``packaged:stand-in-cross-encoder``,
+a tiny randomly initialised cross-encoder the library builds on first use. It runs the real
+loading and scoring path, but its scores mean nothing, so the results keep the bi-encoder's
+order (and say so). The production config uses BAAI/bge-reranker-base, whose scores do mean
+relevance, and then the results are reranked.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from _common import load_example_config, parser, print_json, snippet
+from _common import load_example_config, parser, print_json, ranking_note, result_line
 
 from gl_retrieval import RetrievalPipeline
 from gl_retrieval.models import quiet_model_loading
@@ -57,14 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.json:
             continue
-        print(f"\n? {question}")
+        print(f"\n? {question}  {ranking_note(hits)}")
         if text:
             print(text.strip())
         for rank, h in enumerate(hits, 1):
-            print(
-                f"  {rank}. rerank {h.rerank_score:+.3f}  retrieval {h.retrieval_score:.3f}  "
-                f"{h.doc_id}: {snippet(h.node.get_content(), 80)}"
-            )
+            print(result_line(rank, h))
 
     if args.json:
         print_json(report)

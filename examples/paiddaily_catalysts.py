@@ -12,8 +12,9 @@ taken), then rerank them to ``reranker.top_n``.
 Filters use LlamaIndex's own ``MetadataFilters``. Dates are ISO strings (``YYYY-MM-DD``), so
 ``date < "2026-01-01"`` compares them correctly as text.
 
-Offline, the reranker is a tiny random cross-encoder (see configs/paiddaily.offline.yaml): its
-scores are meaningless. The data is synthetic too: none of this is market data or advice.
+Offline, the reranker is a stand-in (``packaged:stand-in-cross-encoder``, random weights; see
+configs/paiddaily.offline.yaml): its scores mean nothing, so the precedents stay in retrieval
+order, and the output says so. The data is synthetic too: none of this is market data or advice.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from _common import load_example_config, parser, print_json, snippet
+from _common import load_example_config, parser, print_json, ranking_note, snippet
 from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters
 
 from gl_retrieval import RetrievalPipeline
@@ -73,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"index: {summary.line()}")
     print(f"\nsetup: {args.setup}")
-    print(f"precedents for {args.ticker} before {args.before} (top {args.top_k}, reranked):")
+    print(f"precedents for {args.ticker} before {args.before} (of the top {args.top_k}):")
+    print(f"  {ranking_note(hits)}")
     for rank, h in enumerate(hits, 1):
         m = h.node.metadata
+        scores = f"{h.score_kind} {h.score:.3f}"
+        if h.score_kind == "rerank":
+            scores += f" ({h.retrieval_kind} {h.retrieval_score:.3f})"
         print(
-            f"  {rank}. {m['date']}  {m['kind']:<10} {m['move_pct']:+6.1f}%  "
-            f"rerank {h.rerank_score:+.3f}  retrieval {h.retrieval_score:.3f}  "
+            f"  {rank}. {m['date']}  {m['kind']:<10} {m['move_pct']:+6.1f}%  {scores}  "
             f"{snippet(h.node.get_content(), 70)}"
         )
     if moves:

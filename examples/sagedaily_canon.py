@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in readings:
         print(f"\n? {r['query']}  ({r['ms']:.0f} ms)")
         for rank, h in enumerate(r["results"], 1):
-            print(f"  {rank}. {h['score']:.3f}  {h['doc_id']}: {snippet(h['text'], 80)}")
+            kind = h["score_kind"]  # "cosine" here: mode dense, no reranker
+            print(f"  {rank}. {kind} {h['score']:.3f}  {h['doc_id']}: {snippet(h['text'], 80)}")
     return 0
 
 

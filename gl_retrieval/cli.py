@@ -248,11 +248,16 @@ def _snippet(text: str, width: int = 160) -> str:
 
 
 def _print_results(results: list[Any]) -> None:
+    """Each result on one line with its score labelled, then what each score kind means."""
+    from gl_retrieval.retrieval.results import format_results, score_notes
+
     if not results:
         typer.echo("no results")
-    for i, r in enumerate(results, 1):
-        extra = f" (retrieval {r.retrieval_score:.3f})" if r.rerank_score is not None else ""
-        typer.echo(f"{i:2d}. {r.score:.4f}{extra}  {r.doc_id}  {_snippet(r.node.get_content())}")
+        return
+    for line in format_results(results):
+        typer.echo(line)
+    for note in score_notes(results):
+        typer.echo(f"score {note}")
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -520,6 +525,32 @@ def info(config: ConfigArg, as_json: JsonOpt = False) -> None:
 
 @app.command()
 @handle_errors
+def verify(config: ConfigArg, as_json: JsonOpt = False) -> None:
+    """Check the committed index completely: every file's checksum, the vectors (NaN/inf), the
+    BM25 side and the document table. Loads no model. Exits 0 when intact, 1 when damaged.
+    """
+    report = _pipeline(config).verify()
+    if as_json:
+        _print_json(report)
+    else:
+        where = f"{report['location']} ({report.get('generation') or 'no valid generation'})"
+        if report["ok"]:
+            typer.echo(
+                f"{where}: ok ({report['files']} files, {report['bytes']} bytes checked in "
+                f"{report['seconds']:.2f}s)"
+            )
+        for w in report["warnings"]:
+            typer.echo(f"warning: {w}", err=True)
+        for p in report["problems"]:
+            typer.echo(f"damaged: {p['file']}: {p['problem']}", err=True)
+        if not report["ok"]:
+            typer.echo(f"error: the index at {where} is damaged: {report['recovery']}", err=True)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
 def demo(
     persist_dir: Annotated[
         Path, typer.Option(help="The directory where the demo index is kept.")
@@ -534,11 +565,21 @@ def demo(
     if as_json:
         _print_json(report)
         return
+    from gl_retrieval.retrieval.results import SCORE_KINDS
+
     typer.echo(report["summary"])
+    kinds: list[str] = []
     for q in report["queries"]:
         typer.echo(f"\n? {q['query']}")
         for i, r in enumerate(q["results"], 1):
-            typer.echo(f"  {i}. {r['score']:.3f}  [{r['doc_id']}] {_snippet(r['text'], 110)}")
+            kind = r.get("score_kind") or "score"
+            kinds += [kind] if kind not in kinds else []
+            typer.echo(
+                f"  {i}. {kind} {r['score']:.3f}  [{r['doc_id']}] {_snippet(r['text'], 100)}"
+            )
+    for kind in kinds:
+        if kind in SCORE_KINDS:
+            typer.echo(f"\nscore {kind}: {SCORE_KINDS[kind]}")
 
 
 # -- models ---------------------------------------------------------------------------------------

@@ -142,7 +142,9 @@ class RerankerConfig(_Strict):
     model: str = Field(
         default="BAAI/bge-reranker-base",
         min_length=1,
-        description="Cross-encoder: hub id or local directory (relative to the config file).",
+        description="Cross-encoder: hub id, local directory (relative to the config file), or "
+        "packaged:stand-in-cross-encoder (offline stand-in, random weights: results keep their "
+        "retrieval order).",
     )
     top_n: int = Field(default=5, gt=0, description="Results kept after reranking.")
     device: Device = Field(default="auto", description="auto picks cuda, then mps, then cpu.")

@@ -17,6 +17,7 @@ Tree::
     ├── EmbeddingError           the embedder returned something unusable (wrong count or dimension)
     │   └── OllamaError          the Ollama server failed (down, model missing, timeout, 5xx)
     ├── StorageError             the storage backend failed (connection, credentials, extension)
+    │   └── IndexDamagedError    a file of the persisted index is damaged (names it and the fix)
     └── LLMNotConfiguredError    `ask` was called without an `llm` section
 """
 
@@ -27,6 +28,7 @@ __all__ = [
     "EmbeddingError",
     "FilterError",
     "GLRetrievalError",
+    "IndexDamagedError",
     "IndexMismatchError",
     "IndexNotFoundError",
     "LLMNotConfiguredError",
@@ -89,3 +91,16 @@ class StorageError(GLRetrievalError):
 
 class LLMNotConfiguredError(GLRetrievalError):
     """An answer was asked for, but the config has no `llm` section."""
+
+
+class IndexDamagedError(StorageError):
+    """A file of the persisted index is damaged: wrong size or checksum, unreadable JSON, NaN.
+
+    The message names the file and how to recover (rebuild, or fall back to an intact older
+    generation). ``path`` is the damaged file, ``problem`` what is wrong with it.
+    """
+
+    def __init__(self, message: str, *, path: str = "", problem: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.problem = problem

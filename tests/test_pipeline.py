@@ -94,15 +94,15 @@ def test_mismatched_embedder_is_refused_with_a_rebuild_hint(
 
 
 def test_mismatched_model_is_refused(small_config: dict[str, Any], tmp_path: Path) -> None:
-    from gl_retrieval.storage import LocalStorage
+    from tests.test_integrity import rewrite_manifest
 
     RetrievalPipeline.from_config(small_config).index()
-    storage = LocalStorage(Path(small_config["storage"]["persist_dir"]))
-    gen = storage.current_generation()
-    manifest = json.loads((gen / "manifest.json").read_text())
-    manifest["embedder"]["model"] = "BAAI/bge-base-en-v1.5"
-    manifest["embedder"]["dimension"] = 768
-    (gen / "manifest.json").write_text(json.dumps(manifest))
+
+    def other_model(manifest: dict[str, Any]) -> None:
+        manifest["embedder"]["model"] = "BAAI/bge-base-en-v1.5"
+        manifest["embedder"]["dimension"] = 768
+
+    rewrite_manifest(Path(small_config["storage"]["persist_dir"]), other_model)
     with pytest.raises(IndexMismatchError, match=r"'BAAI/bge-base-en-v1\.5'.*config has"):
         RetrievalPipeline.from_config(small_config).retrieve("x")
 
@@ -122,7 +122,8 @@ def test_query_engine_is_retrieval_only(small_config: dict[str, Any]) -> None:
     pipe = RetrievalPipeline.from_config(small_config)
     pipe.index()
     response = pipe.as_query_engine().query("lexical term frequency ranking")
-    assert response.response == ""
+    assert response.metadata == {"retrieval_only": True}
+    assert str(response).startswith("Retrieval only (the config has no llm section)")
     assert response.source_nodes[0].node.ref_doc_id == "bm25"
 
 

@@ -608,3 +608,15 @@ def test_a_database_without_pgvector_says_who_must_enable_it(
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         admin.dispose()
+
+
+def test_verify_checks_counts_on_postgres(pg_config: dict[str, Any], pg: PG, table: str) -> None:
+    RetrievalPipeline.from_config(pg_config).index()
+    report = RetrievalPipeline.from_config(pg_config).verify()
+    assert report["ok"] and report["backend"] == "postgres" and report["rows"] == 5
+    assert report["data_checksums"] in ("on", "off")
+    pg.sql(f"DELETE FROM \"data_{table}\" WHERE node_id = 'pg#0'")  # a lost row
+    report = RetrievalPipeline.from_config(pg_config).verify()
+    assert not report["ok"]
+    assert "it holds 4 rows" in report["problems"][0]["problem"]
+    assert "--rebuild" in report["recovery"]

@@ -238,16 +238,29 @@ def test_bm25_follows_incremental_add_update_delete_across_reloads(
 
 
 def test_index_without_bm25_side_is_rebuilt_in_memory(
-    small_config: dict[str, Any], caplog: pytest.LogCaptureFixture
+    small_config: dict[str, Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    RetrievalPipeline.from_config(_cfg(small_config, "bm25")).index()
-    import shutil
-
-    shutil.rmtree(_gen(small_config) / "bm25")  # as an index committed before BM25 existed
+    with monkeypatch.context() as m:  # as an index committed before BM25 existed
+        m.setattr(RetrievalPipeline, "_before_commit", lambda self: None)
+        RetrievalPipeline.from_config(_cfg(small_config, "bm25")).index()
+    assert not (_gen(small_config) / "bm25").exists()
     with caplog.at_level(logging.WARNING, logger="gl_retrieval.retrieval.lexical"):
         hits = RetrievalPipeline.from_config(_cfg(small_config, "bm25")).retrieve("HNSW indexes")
     assert hits[0].doc_id == "pg"
     assert "no up-to-date BM25 side" in caplog.text
+
+
+def test_a_bm25_side_lost_after_commit_is_damage_not_a_silent_rebuild(
+    small_config: dict[str, Any],
+) -> None:
+    import shutil
+
+    from gl_retrieval import IndexDamagedError
+
+    RetrievalPipeline.from_config(_cfg(small_config, "bm25")).index()
+    shutil.rmtree(_gen(small_config) / "bm25")
+    with pytest.raises(IndexDamagedError, match=r"bm25/.* is damaged \(the file is missing\)"):
+        RetrievalPipeline.from_config(_cfg(small_config, "bm25")).retrieve("HNSW indexes")
 
 
 def test_hybrid_never_touches_an_llm_or_global_settings(small_config: dict[str, Any]) -> None:

@@ -41,11 +41,11 @@ def test_a_crash_mid_commit_leaves_the_previous_index(
     assert pipe.retrieve("cosine similarity of vectors")[0].doc_id == "dense"
     assert "Changed." not in pipe.retrieve("cosine similarity")[0].node.get_content()
 
-    # The next run completes and cleans the leftover generation up.
+    # The next run completes and cleans the leftover generation up (the previous one is kept).
     summary = RetrievalPipeline.from_config(small_config).index()
     assert summary.updated == 5
     gens = sorted(p.name for p in storage.persist_dir.iterdir() if p.name.startswith("gen-"))
-    assert gens == [storage.current_generation().name]
+    assert gens == [before.name, storage.current_generation().name]
 
 
 def test_a_half_written_temporary_generation_is_ignored(small_config: dict[str, Any]) -> None:

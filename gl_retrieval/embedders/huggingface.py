@@ -18,7 +18,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from gl_retrieval._deps import require
 from gl_retrieval.devices import resolve_device
 from gl_retrieval.embedders.base import GLEmbedding
-from gl_retrieval.models import model_load_error, resolve_model_path
+from gl_retrieval.models import model_load_error, quiet_model_loads, resolve_model_path
 
 __all__ = ["SentenceTransformerEmbedder", "load_sentence_transformer"]
 
@@ -37,7 +37,8 @@ def load_sentence_transformer(
     path = resolve_model_path(model, revision=revision, role=role)
     dev = resolve_device(device)
     try:
-        m = st.SentenceTransformer(path, device=dev, revision=revision, trust_remote_code=False)
+        with quiet_model_loads():  # no "Loading weights" bar in scripts and notebooks
+            m = st.SentenceTransformer(path, device=dev, revision=revision, trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as e:
         raise model_load_error(model, e, role=role) from e
     if dev == "cuda":

@@ -189,6 +189,7 @@ def _embed_into(
                         f"embedder {embedder.model_name!r} returned an array of shape "
                         f"{tuple(vectors.shape)} for {len(part)} chunks"
                     )
+                _require_finite(vectors, part, model=embedder.model_name)
             with summary.timed("store"):
                 rows = vectors.tolist()
                 pending.extend(c.to_node(embedding=row) for c, row in zip(part, rows, strict=True))
@@ -202,6 +203,20 @@ def _embed_into(
         bar.close()
 
 
+def _require_finite(vectors: Any, part: Sequence[Chunk], *, model: str) -> None:
+    """Refuse NaN or infinite vectors before they reach any store (every backend)."""
+    import numpy as np
+
+    bad = np.flatnonzero(~np.isfinite(np.asarray(vectors, dtype=np.float32)).all(axis=1))
+    if len(bad):
+        names = ", ".join(repr(part[i].node_id) for i in bad[:3])
+        raise EmbeddingError(
+            f"embedder {model!r} returned NaN or infinite vectors for {len(bad)} chunks "
+            f"(e.g. {names}); nothing was committed. Check the embedder (on a GPU, try "
+            "`device: cpu` to rule out an fp16 overflow)"
+        )
+
+
 class _NoBar:
     def update(self, n: int) -> None:
         pass
@@ -213,11 +228,9 @@ class _NoBar:
 def _progress(*, total: int, enabled: bool) -> Any:
     if not enabled or total == 0:
         return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc="embedding", unit="chunk", dynamic_ncols=True)
+    from gl_retrieval._progress import make_bar
+
+    return make_bar(total=total, desc="embedding", unit="chunk") or _NoBar()
 
 
 def index_documents(

@@ -33,14 +33,16 @@ import numpy as np
 from llama_index.core.schema import BaseNode, MetadataMode
 
 from gl_retrieval._deps import require
-from gl_retrieval.errors import StorageError
+from gl_retrieval.errors import IndexDamagedError, StorageError
 from gl_retrieval.storage import IndexHandle
+from gl_retrieval.storage.integrity import read_json
 
 __all__ = [
     "ANALYZER",
     "LexicalIndex",
     "analyze",
     "attach_lexical",
+    "check_lexical",
     "chunk_ids",
     "chunk_metadata",
     "iter_chunks",
@@ -185,14 +187,22 @@ class LexicalIndex:
 
     @classmethod
     def load(cls, directory: Path) -> LexicalIndex | None:
-        """Load from ``directory/bm25/``; None when absent or built by another analyser."""
+        """Load from ``directory/bm25/``; None when absent or built by another analyser.
+
+        Raises:
+            IndexDamagedError: a file of the BM25 side is unreadable (names it).
+        """
         src = Path(directory) / LEXICAL_DIR
-        try:
-            meta = json.loads((src / META_FILE).read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if not (src / META_FILE).is_file():
             return None
-        except (OSError, ValueError) as e:
-            raise StorageError(f"cannot read the BM25 side at {src}: {e}") from None
+        meta = read_json(src / META_FILE)
+        if not isinstance(meta, dict) or not isinstance(meta.get("node_ids"), list):
+            problem = "it is not a BM25 side description (no node_ids)"
+            raise IndexDamagedError(
+                f"{src / META_FILE} is damaged ({problem}); rebuild the index",
+                path=str(src / META_FILE),
+                problem=problem,
+            )
         if (
             meta.get("format") != FORMAT
             or meta.get("analyzer") != ANALYZER
@@ -203,8 +213,34 @@ class LexicalIndex:
         node_ids = meta["node_ids"]
         if not node_ids:
             return cls([], bm25s.BM25(**BM25_PARAMS))
-        bm25 = bm25s.BM25.load(str(src), load_corpus=False, mmap=False, allow_pickle=False)
+        try:
+            bm25 = bm25s.BM25.load(str(src), load_corpus=False, mmap=False, allow_pickle=False)
+        except Exception as e:  # bm25s reads .npy and JSON: damage surfaces as many types
+            problem = f"bm25s cannot read it ({type(e).__name__}: {str(e)[:120]})"
+            raise IndexDamagedError(
+                f"{src} is damaged ({problem}); rebuild the index", path=str(src), problem=problem
+            ) from None
         return cls(node_ids, bm25)
+
+
+def check_lexical(directory: Path, node_ids: Sequence[str]) -> list[tuple[Path, str]]:
+    """What a full verification finds wrong with the BM25 side of a generation directory."""
+    try:
+        lexical = LexicalIndex.load(directory)
+    except IndexDamagedError as e:
+        return [(Path(e.path), e.problem)]
+    if lexical is None:
+        return []
+    if sorted(lexical.node_ids) != sorted(node_ids):
+        path = Path(directory) / LEXICAL_DIR / META_FILE
+        return [(path, "its chunk ids differ from the index's")]
+    if lexical.node_ids:
+        try:
+            lexical.scores("verification probe")
+        except Exception as e:
+            path = Path(directory) / LEXICAL_DIR
+            return [(path, f"scoring fails ({type(e).__name__}: {str(e)[:120]})")]
+    return []
 
 
 # -- reading chunks back from an index --------------------------------------------------------

@@ -4,6 +4,11 @@ A thin LlamaIndex postprocessor over sentence-transformers' ``CrossEncoder`` rat
 ``SentenceTransformerRerank`` from llama-index-postprocessor-sbert-rerank, because that one
 overwrites ``node.score`` in place (losing the retrieval score, and mutating the caller's
 objects) and loads its model in ``__init__``. This one returns new :class:`RankedNode` objects.
+
+A **stand-in** model (``packaged:stand-in-cross-encoder``, or any directory that
+:func:`gl_retrieval.testing.make_tiny_cross_encoder` marked) has random weights: it is scored
+(the loading and scoring path runs), but the results keep their retrieval order and score and
+say so (``rerank_stand_in=True``), rather than being sorted by noise and called "reranked".
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ from gl_retrieval._deps import require
 from gl_retrieval.config import RerankerConfig
 from gl_retrieval.devices import resolve_device
 from gl_retrieval.errors import ModelLoadError
-from gl_retrieval.models import model_load_error, resolve_model_path
+from gl_retrieval.models import (
+    STAND_IN_RERANKER,
+    model_load_error,
+    quiet_model_loads,
+    resolve_model_path,
+)
 from gl_retrieval.retrieval.results import RankedNode
 
 __all__ = ["CrossEncoderReranker", "Scorer", "build_reranker"]
@@ -45,11 +55,14 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     revision: str | None = None
 
     _scorer: Scorer | None = PrivateAttr(default=None)
+    _stand_in: bool | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, *, scorer: Scorer | None = None, **data: Any) -> None:
         super().__init__(**data)
         self._scorer = scorer
+        if scorer is not None:
+            self._stand_in = False  # an injected scorer is taken at its word
 
     @classmethod
     def class_name(cls) -> str:
@@ -70,6 +83,20 @@ class CrossEncoderReranker(BaseNodePostprocessor):
                     )
         return self._scorer
 
+    @property
+    def stand_in(self) -> bool:
+        """True when the model is a stand-in with meaningless scores (no model is loaded).
+
+        ``packaged:stand-in-cross-encoder``, or a directory marked by
+        :func:`gl_retrieval.testing.make_tiny_cross_encoder`. An injected ``scorer`` is taken
+        at its word (never a stand-in).
+        """
+        if self._stand_in is None:
+            from gl_retrieval.testing import is_stand_in
+
+            self._stand_in = self.model == STAND_IN_RERANKER or is_stand_in(self.model)
+        return self._stand_in
+
     def warmup(self) -> None:
         """Load the model and score one pair."""
         self.scorer("warmup", ["warmup"])
@@ -78,6 +105,9 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         self, nodes: Sequence[NodeWithScore], query: str, *, top_n: int | None = None
     ) -> list[RankedNode]:
         """Score ``nodes`` against ``query``; return new nodes, best first, cut to ``top_n``.
+
+        With a :attr:`stand_in` model the nodes are scored but keep their retrieval order and
+        ``score``; ``rerank_score`` holds the stand-in's number and ``rerank_stand_in`` is True.
 
         Args:
             nodes: Retrieved candidates (not modified).
@@ -90,17 +120,23 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         scores = [float(s) for s in self.scorer(query, passages)]
         if len(scores) != len(nodes):
             raise ModelLoadError(f"reranker returned {len(scores)} scores for {len(nodes)} nodes")
-        ranked = [
-            RankedNode(
-                node=n.node,
-                score=s,
-                retrieval_score=n.retrieval_score if isinstance(n, RankedNode) else n.score,
-                rerank_score=s,
+        stand_in = self.stand_in
+        ranked = []
+        for n, s in zip(nodes, scores, strict=True):
+            retrieval = n.retrieval_score if isinstance(n, RankedNode) else n.score
+            ranked.append(
+                RankedNode(
+                    node=n.node,
+                    score=retrieval if stand_in else s,
+                    retrieval_score=retrieval,
+                    rerank_score=s,
+                    retrieval_kind=n.retrieval_kind if isinstance(n, RankedNode) else None,
+                    rerank_stand_in=stand_in,
+                )
             )
-            for n, s in zip(nodes, scores, strict=True)
-        ]
-        # Stable sort: equal rerank scores keep their retrieval order.
-        ranked.sort(key=lambda r: -(r.rerank_score or 0.0))
+        if not stand_in:
+            # Stable sort: equal rerank scores keep their retrieval order.
+            ranked.sort(key=lambda r: -(r.rerank_score or 0.0))
         return ranked[: self.top_n if top_n is None else top_n]
 
     def _postprocess_nodes(
@@ -139,13 +175,14 @@ def _load_cross_encoder(
     dev = resolve_device(device)
     path = resolve_model_path(model, revision=revision, role="reranker")
     try:
-        ce = st.CrossEncoder(
-            path,
-            device=dev,
-            max_length=max_length,
-            revision=revision,
-            trust_remote_code=False,
-        )
+        with quiet_model_loads():  # no "Loading weights" bar in scripts and notebooks
+            ce = st.CrossEncoder(
+                path,
+                device=dev,
+                max_length=max_length,
+                revision=revision,
+                trust_remote_code=False,
+            )
     except (OSError, ValueError, RuntimeError) as e:
         raise model_load_error(model, e, role="reranker") from e
     num_labels = getattr(ce.config, "num_labels", 1)

@@ -315,11 +315,18 @@ class TwoStageRetriever(BaseRetriever):
         *,
         reranker: CrossEncoderReranker | None = None,
         top_n: int | None = None,
+        retrieval_kind: str | None = None,
     ) -> None:
         super().__init__(callback_manager=CallbackManager([]))
         self._first = first_stage
         self._reranker = reranker
         self._top_n = top_n
+        self._kind = retrieval_kind
+
+    @property
+    def reranker(self) -> CrossEncoderReranker | None:
+        """The second stage, or None."""
+        return self._reranker
 
     @property
     def first_stage(self) -> BaseRetriever:
@@ -327,7 +334,10 @@ class TwoStageRetriever(BaseRetriever):
         return self._first
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits: list[Any] = [RankedNode.from_retrieved(h) for h in self._first.retrieve(query_bundle)]
+        hits: list[Any] = [
+            RankedNode.from_retrieved(h, kind=self._kind)
+            for h in self._first.retrieve(query_bundle)
+        ]
         if self._reranker is not None:
             return list(self._reranker.rerank(hits, query_bundle.query_str, top_n=self._top_n))
         return hits[: self._top_n] if self._top_n is not None else hits

@@ -22,7 +22,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from gl_retrieval.errors import IndexNotFoundError, StorageError
+from gl_retrieval.errors import IndexDamagedError, IndexNotFoundError, StorageError
+from gl_retrieval.storage.integrity import read_json
 
 __all__ = [
     "MANIFEST",
@@ -230,11 +231,19 @@ def open_generation(
 
     Raises:
         IndexNotFoundError: The directory has no manifest.
-        StorageError: Another format or version, or a file is missing or has the wrong size.
+        StorageError: Another format or version.
+        IndexDamagedError: The manifest is unreadable, or a file is missing or has the wrong size.
     """
     if not (root / MANIFEST).is_file():
         raise IndexNotFoundError(f"no index at {root} (no {MANIFEST}); build and persist one")
-    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    manifest = read_json(root / MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        problem = "it is not a vector store manifest (no file table)"
+        raise IndexDamagedError(
+            f"{root / MANIFEST}: {problem}; rebuild the index",
+            path=str(root / MANIFEST),
+            problem=problem,
+        )
     if manifest.get("format") != format or manifest.get("version") != version:
         raise StorageError(
             f"{root / MANIFEST} is format {manifest.get('format')!r} version "
@@ -243,12 +252,16 @@ def open_generation(
         )
     paths = {}
     for role, spec in manifest["files"].items():
-        path = root / spec["name"]
+        path = root / str(spec.get("name"))
         size = path.stat().st_size if path.is_file() else None
-        if size != spec["bytes"]:
-            raise StorageError(
-                f"{path} is {size} bytes but the manifest says {spec['bytes']}: the index is "
-                "damaged or incomplete; rebuild it"
+        if size != spec.get("bytes"):
+            problem = (
+                "the file is missing"
+                if size is None
+                else f"it is {size} bytes, but was written as {spec.get('bytes')} bytes"
+            )
+            raise IndexDamagedError(
+                f"{path} is damaged ({problem}); rebuild the index", path=str(path), problem=problem
             )
         paths[role] = path
     return manifest, paths

@@ -27,7 +27,6 @@ readable. Files of older generations are removed after the new manifest is in pl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +47,7 @@ from gl_retrieval.errors import (
     ConfigError,
     EmbeddingError,
     FilterError,
+    IndexDamagedError,
     IndexMismatchError,
     StorageError,
 )
@@ -62,6 +62,7 @@ from gl_retrieval.storage._files import (
 from gl_retrieval.storage._matrix import VectorRows, top_k
 from gl_retrieval.storage.ann import HnswGraph
 from gl_retrieval.storage.filters import Column, build_column, evaluate_filters
+from gl_retrieval.storage.integrity import read_json
 
 __all__ = ["EmbeddedVectorStore"]
 
@@ -130,6 +131,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
     _columns_n: int = PrivateAttr(default=0)
     _graph: HnswGraph | None = PrivateAttr(default=None)
     _graph_has_dead: bool = PrivateAttr(default=False)  # rows died since the graph last looked
+    _persist_paths: dict[str, Path] | None = PrivateAttr(default=None)  # the files it loaded
 
     @classmethod
     def class_name(cls) -> str:
@@ -197,6 +199,8 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
                 f"the query vector has shape {q.shape}, but the store holds {self.dim}-d "
                 "vectors; query with the embedder that built the index, or rebuild it"
             )
+        if not np.isfinite(q).all():
+            raise EmbeddingError("the query vector contains NaN or infinity; check the embedder")
         allowed = self._allowed(query.node_ids or None, query.doc_ids or None, query.filters)
         rows, scores = self._search(q, k=query.similarity_top_k, allowed=allowed)
         return VectorStoreQueryResult(
@@ -327,20 +331,78 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
     # -- internals -----------------------------------------------------------------------------
 
     def _load(self, manifest: dict[str, Any], paths: dict[str, Path]) -> None:
-        n = manifest["count"]
+        n, dim = manifest.get("count"), manifest.get("dim")
+        if not isinstance(n, int) or n < 0 or (n and not isinstance(dim, int)):
+            _damaged(paths["vectors"].parent / MANIFEST, f"count {n!r} / dim {dim!r} are invalid")
         if n:
-            base = np.load(paths["vectors"], mmap_mode="r")
-            self._vectors = VectorRows(base, np.load(paths["norms"]))
-        rows = json.loads(paths["rows"].read_bytes())
-        self._ids, self._refs = rows["ids"], rows["ref_doc_ids"]
+            base = _load_npy(paths["vectors"], mmap=True, shape=(n, dim))
+            norms = _load_npy(paths["norms"], mmap=False, shape=(n,))
+            _require_finite(paths["vectors"], base)
+            _require_finite(paths["norms"], norms)
+            self._vectors = VectorRows(base, norms)
+        rows = read_json(paths["rows"])
+        ids = rows.get("ids") if isinstance(rows, dict) else None
+        refs = rows.get("ref_doc_ids") if isinstance(rows, dict) else None
+        if (
+            not isinstance(ids, list)
+            or not isinstance(refs, list)
+            or n not in (len(ids), len(refs))
+            or len(ids) != len(refs)
+        ):
+            _damaged(paths["rows"], f"it does not hold {n} ids and ref_doc_ids")
+        self._ids, self._refs = ids, refs
         self._row_of = self._doc_rows = None  # built on first use
         for role, name in (("metadata", "_meta"), ("nodes", "_body")):
-            setattr(self, name, JsonRows.open(paths[role], spans=np.load(paths[f"{role}_spans"])))
+            spans = _load_npy(paths[f"{role}_spans"], mmap=False, shape=(n, 2))
+            size = paths[role].stat().st_size
+            if n and (spans.min() < 0 or spans.max() > size or (spans[:, 1] < spans[:, 0]).any()):
+                _damaged(paths[f"{role}_spans"], f"its spans point outside {paths[role].name}")
+            setattr(self, name, JsonRows.open(paths[role], spans=spans))
         if "hnsw" in paths and self.ann == "hnsw":
             labels = np.load(paths["hnsw_labels"])
             self._graph = HnswGraph.load(
                 paths["hnsw"], dim=self.dim or 0, space=self._space, label_rows=labels, covered=n
             )
+        self._persist_paths = paths
+
+    def stored_ids(self) -> list[str]:
+        """Ids of the live rows, in row order."""
+        return [self._ids[r] for r in np.flatnonzero(self._vectors.live)]
+
+    def deep_check(self) -> list[tuple[Path, str]]:
+        """What a full verification finds wrong with a loaded store (``gl-retrieval verify``).
+
+        Beyond the load checks (shapes, spans, NaN/inf): the stored norms match the vectors,
+        and every metadata and node row decodes.
+        """
+        paths = self._persist_paths
+        problems: list[tuple[Path, str]] = []
+        if paths is None:
+            return problems
+        if self._vectors.n:
+            norms = np.concatenate(
+                [
+                    np.linalg.norm(v, axis=1)
+                    for v in self._vectors.vectors_of(np.arange(self._vectors.n))
+                ]
+            )
+            bad = np.flatnonzero(~np.isclose(norms, self._vectors.norms, rtol=1e-4, atol=1e-6))
+            if len(bad):
+                problems.append(
+                    (paths["vectors"], f"{len(bad)} rows do not match their stored norms "
+                     f"(first: row {int(bad[0])})")
+                )  # fmt: skip
+        for role, rows in (("metadata", self._meta), ("nodes", self._body)):
+            try:
+                decoded = rows.decoded()
+            except (ValueError, RecursionError) as e:
+                problems.append((paths[role], f"it is not valid JSON ({str(e)[:120]})"))
+                continue
+            if len(decoded) != self._vectors.n:
+                problems.append(
+                    (paths[role], f"it holds {len(decoded)} rows, not {self._vectors.n}")
+                )
+        return problems
 
     def _settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _SETTINGS}
@@ -499,6 +561,34 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         graph.sync(vectors, deletes=self._graph_has_dead, appends=appends)
         self._graph_has_dead = False
         return graph
+
+
+def _damaged(path: Path, problem: str) -> None:
+    raise IndexDamagedError(
+        f"{path} is damaged ({problem}); rebuild the index", path=str(path), problem=problem
+    )
+
+
+def _load_npy(path: Path, *, mmap: bool, shape: tuple[int, ...]) -> np.ndarray:
+    """A ``.npy`` file of the store, checked for its dtype and shape (never unpickled)."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        _damaged(path, f"it is not a readable .npy array ({str(e)[:120]})")
+    if array.shape != shape or array.dtype.kind not in "fi":
+        _damaged(path, f"it holds a {array.dtype} array of shape {array.shape}, not {shape}")
+    return array
+
+
+def _require_finite(path: Path, array: np.ndarray) -> None:
+    """Reject NaN and infinity (in blocks, so a memory map is read once, not copied)."""
+    flat = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(-1, 1)
+    for start in range(0, len(flat), 65536):
+        block = flat[start : start + 65536]
+        ok = np.isfinite(block).all(axis=1)
+        if not ok.all():
+            row = start + int(np.flatnonzero(~ok)[0])
+            _damaged(path, f"row {row} holds NaN or infinity")
 
 
 def _require_local(fs: fsspec.AbstractFileSystem | None) -> None:

@@ -10,7 +10,13 @@ from typing import Any
 
 from gl_retrieval.errors import IndexMismatchError
 
-__all__ = ["MANIFEST_FORMAT", "Manifest", "check_compatible", "package_versions"]
+__all__ = [
+    "MANIFEST_FORMAT",
+    "Manifest",
+    "check_compatible",
+    "chunking_differences",
+    "package_versions",
+]
 
 MANIFEST_FORMAT = 1
 
@@ -47,18 +53,35 @@ class Manifest:
     chunks: int = 0
     format: int = MANIFEST_FORMAT
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """From a parsed manifest; keys this version does not know are ignored."""
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
-        data = json.loads(text)
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls.from_dict(json.loads(text))
 
 
 def _show(value: Any) -> str:
     return repr(value) if value not in (None, "") else ("none" if value is None else "''")
+
+
+def chunking_differences(manifest: Manifest, chunking: dict[str, Any]) -> list[str]:
+    """How the configured chunking differs from the one that built the index (empty: same)."""
+    diffs = []
+    for key in ("chunk_size", "chunk_overlap"):
+        stored = manifest.chunking.get(f"configured_{key}", manifest.chunking.get(key))
+        if key in chunking and stored is not None and chunking[key] != stored:
+            diffs.append(f"chunking.{key}: index has {stored}, config has {chunking[key]}")
+    return diffs
 
 
 def check_compatible(
@@ -86,10 +109,7 @@ def check_compatible(
                 f"config has {_show(embedder[key])}"
             )
     if chunking is not None:
-        for key in ("chunk_size", "chunk_overlap"):
-            stored = manifest.chunking.get(f"configured_{key}", manifest.chunking.get(key))
-            if key in chunking and stored is not None and chunking[key] != stored:
-                diffs.append(f"chunking.{key}: index has {stored}, config has {chunking[key]}")
+        diffs.extend(chunking_differences(manifest, chunking))
     if diffs:
         raise IndexMismatchError(
             f"the index at {where} was built differently than the config asks: "

@@ -236,6 +236,80 @@ class PostgresStorage:
         """The committed document table (doc id -> hash and chunk ids), without the chunks."""
         return self._read_state(documents=True)[3]
 
+    def verify(self) -> dict[str, Any]:
+        """A lighter check than the embedded backend's (the server owns the bytes): the manifest
+        and document table read, the vector table holds exactly the chunks they list, each once,
+        with the recorded dimension, and whether the server's data checksums are on.
+
+        Returns:
+            The ``verify --json`` shape (docs/operations.md).
+        """
+        import time
+
+        sa = require("sqlalchemy", extra="postgres")
+        t0 = time.perf_counter()
+        generation, dim, manifest, docs = self._read_state(documents=True)
+        listed = {nid for rec in docs.values() for nid in rec.nodes}
+        engine, _ = self.engines()
+        with self.errors("verify the index"), engine.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT to_regclass(:t)"), {"t": qname(self.vectors)}
+            ).scalar()
+            rows = distinct = 0
+            if found is not None:
+                rows, distinct = conn.execute(
+                    sa.text(f"SELECT count(*), count(DISTINCT node_id) FROM {qname(self.vectors)}")
+                ).one()
+            checksums = conn.execute(sa.text("SHOW data_checksums")).scalar()
+        problems = []
+        table = f"table {self.vectors}"
+        if rows != len(listed) or distinct != rows:
+            problems.append(
+                {
+                    "file": table,
+                    "problem": f"it holds {rows} rows ({distinct} distinct chunks), but the "
+                    f"document table lists {len(listed)} chunks",
+                }
+            )
+        if (manifest.documents, manifest.chunks) != (len(docs), len(listed)):
+            problems.append(
+                {
+                    "file": f"table {self.manifest_table}",
+                    "problem": f"it counts {manifest.documents} documents and {manifest.chunks} "
+                    f"chunks, but the document table holds {len(docs)} and {len(listed)}",
+                }
+            )
+        recorded = manifest.embedder.get("dimension")
+        if dim and recorded is not None and recorded != dim:
+            problems.append(
+                {
+                    "file": f"table {self.manifest_table}",
+                    "problem": f"it records dimension {recorded}, but the vectors have {dim}",
+                }
+            )
+        warnings = []
+        if checksums != "on":
+            warnings.append(
+                "the server runs without data checksums (initdb --data-checksums), so damaged "
+                "pages go undetected; gl-retrieval verify checks only counts on postgres"
+            )
+        return {
+            "ok": not problems,
+            "backend": "postgres",
+            "location": self.location,
+            "generation": str(generation),
+            "files": 3,
+            "bytes": 0,
+            "rows": rows,
+            "data_checksums": checksums,
+            "problems": problems,
+            "warnings": warnings,
+            "recovery": None
+            if not problems
+            else "rebuild with `gl-retrieval index CONFIG --rebuild` (re-embeds everything)",
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+
     def _handle(
         self,
         *,
