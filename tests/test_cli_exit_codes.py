@@ -190,3 +190,27 @@ def test_troubleshooting_documents_the_table() -> None:
     for kind, code in EXIT_CODES:
         if kind.__module__ == "gl_retrieval.errors":
             assert kind.__name__ in rows[str(code)], (kind.__name__, code)
+
+
+def test_input_errors_come_before_any_heavy_import(tmp_path: Path) -> None:
+    """validate, index, query and eval refuse bad input without importing torch or LlamaIndex."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("embedder: {model: 'packaged:all-MiniLM-L6-v2'}\nsources: [{path: /nonexist}]\n")
+    script = f"""
+import sys
+from typer.testing import CliRunner
+from gl_retrieval.cli import app
+runs = [["validate", {str(cfg)!r}], ["index", {str(cfg)!r}], ["query", {str(cfg)!r}, ""],
+        ["eval", {str(cfg)!r}, "--dataset", "/nonexist"]]
+for args in runs:
+    assert CliRunner().invoke(app, args).exit_code == 2, args
+heavy = [m for m in ("torch", "llama_index", "sentence_transformers") if m in sys.modules]
+assert not heavy, heavy
+"""
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
