@@ -101,7 +101,7 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _CONTROL:
+        except (*_CONTROL, BrokenPipeError):  # BrokenPipe: the group treats `| head` as success
             raise
         except BaseException as e:  # the one place errors become exit codes
             if isinstance(e, SystemExit):

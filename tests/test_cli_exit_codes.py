@@ -214,3 +214,14 @@ assert not heavy, heavy
     env = {**__import__("os").environ, "PYTHONPATH": str(root)}
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_closed_pipe_is_not_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`gl-retrieval query ... | head -1`: the reader went away; exit quietly with 0."""
+
+    def closed(*args: Any, **kwargs: Any) -> Any:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "load_config", closed)
+    r = runner.invoke(app, ["validate", str(tmp_path / "x.yaml")])
+    assert r.exit_code == 0 and r.stderr == "", r.output
