@@ -30,7 +30,7 @@ from gl_retrieval.config import (
     PipelineConfig,
 )
 from gl_retrieval.errors import ConfigError, ModelLoadError, SourceError
-from gl_retrieval.ingest.sources import source_problem
+from gl_retrieval.limits import source_problem
 from gl_retrieval.models import (
     PACKAGED_MODELS,
     cached_snapshot,

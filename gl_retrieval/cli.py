@@ -32,6 +32,7 @@ from gl_retrieval.errors import (
     FilterError,
     GLRetrievalError,
     LLMNotConfiguredError,
+    QueryError,
     SourceError,
 )
 from gl_retrieval.models import quiet_model_loading
@@ -46,6 +47,7 @@ EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ConfigError, EXIT_BAD_INPUT),  # the config file or a value in it
     (FilterError, EXIT_BAD_INPUT),  # a --filter
+    (QueryError, EXIT_BAD_INPUT),  # an empty, over-long or NUL-holding query; top_k too large
     (SourceError, EXIT_BAD_INPUT),  # a source path, a dataset directory
     (LLMNotConfiguredError, EXIT_BAD_INPUT),  # `ask` on a config without an llm section
     (GLRetrievalError, EXIT_RUNTIME),  # models, Ollama, storage, the index itself
@@ -99,7 +101,7 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _CONTROL:
+        except (*_CONTROL, BrokenPipeError):  # BrokenPipe: the group treats `| head` as success
             raise
         except BaseException as e:  # the one place errors become exit codes
             if isinstance(e, SystemExit):
@@ -307,13 +309,17 @@ def validate(
 @handle_errors
 def index(
     config: ConfigArg,
-    rebuild: Annotated[bool, typer.Option(help="Re-embed everything into a fresh index.")] = False,
-    prune: Annotated[bool, typer.Option(help="Remove documents gone from the sources.")] = False,
+    rebuild: Annotated[
+        bool, typer.Option(help="Re-embed every document into a fresh index.")
+    ] = False,
+    prune: Annotated[
+        bool, typer.Option(help="Remove documents that are gone from the sources.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Index the config's sources: embeds only new or changed documents.
+    """Index the config's sources, embedding only new or changed documents.
 
-    stdout carries only the result (the summary line, or the JSON); progress, warnings and the
+    Only the result (the summary line, or the JSON) goes to stdout; progress, warnings and the
     names of skipped documents go to stderr.
     """
     import logging
@@ -341,7 +347,7 @@ def index(
 @handle_errors
 def query(
     config: ConfigArg,
-    text: Annotated[str, typer.Argument(help="The query.", show_default=False)],
+    text: Annotated[str, typer.Argument(help="The text to search for.", show_default=False)],
     top_n: Annotated[
         int | None, typer.Option(min=1, max=limits.TOP_K, help="How many results to show.")
     ] = None,
@@ -353,8 +359,9 @@ def query(
         list[str] | None,
         typer.Option(
             "--filter",
-            help="Metadata filter, repeatable (all must hold): key=value, key!=value, "
-            "key<value (<=, >, >=; numbers or ISO dates), 'key in a,b', 'key not in a,b'.",
+            help="A metadata filter; repeat it to require several. Write key=value, "
+            "key!=value, key<value (also <=, >, >=, on numbers or ISO dates), 'key in a,b' or "
+            "'key not in a,b'.",
             show_default=False,
         ),
     ] = None,
@@ -384,11 +391,14 @@ def eval_(
     dataset: Annotated[
         Path,
         typer.Option(
-            help="BEIR-layout directory: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.",
+            help="The BEIR-layout dataset directory: corpus.jsonl, queries.jsonl and "
+            "qrels/<split>.tsv.",
             show_default=False,
         ),
     ],
-    split: Annotated[str, typer.Option(help="Which qrels/<split>.tsv to score.")] = "test",
+    split: Annotated[
+        str, typer.Option(help="Which split to score, that is which qrels/<split>.tsv.")
+    ] = "test",
     modes: Annotated[
         str | None,
         typer.Option(
@@ -400,8 +410,9 @@ def eval_(
     gains: Annotated[
         str,
         typer.Option(
-            help="auto: a dataset's documented preset (Cranfield: 5 - code), else raw scores; "
-            "raw: qrels scores as gains; or a preset name."
+            help="How qrels scores become gains. 'auto' applies a dataset's documented preset "
+            "(Cranfield: 5 - code) and else uses raw scores; 'raw' uses the scores as they are; "
+            "or name a preset."
         ),
     ] = "auto",
     top_k: Annotated[
@@ -409,22 +420,25 @@ def eval_(
         typer.Option(
             min=1,
             max=limits.TOP_K,
-            help="Chunks per query; the default is max(100, retriever.top_k).",
+            help="How many chunks to retrieve per query; the default is max(100, retriever.top_k).",
         ),
     ] = None,
     latency_queries: Annotated[
-        int, typer.Option(min=1, help="Queries timed on the full single-query path.")
+        int, typer.Option(min=1, help="How many queries to time on the full single-query path.")
     ] = 100,
     rebuild: Annotated[
-        bool, typer.Option(help="Re-embed the corpus into a fresh index at the storage.")
+        bool, typer.Option(help="Re-embed the corpus into a fresh index at the configured storage.")
     ] = False,
     report: Annotated[
         Path | None,
-        typer.Option(help="Write report.md, report.json and report.png here.", show_default=False),
+        typer.Option(
+            help="A directory to write report.md, report.json and report.png into.",
+            show_default=False,
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Index a BEIR dataset with the config and score nDCG@10, MRR@10, Recall@10/100, latency.
+    """Index a BEIR dataset with the config and report nDCG@10, MRR@10, Recall and latency.
 
     The dataset supplies the corpus (the config's sources are ignored); the stored index is
     reused when it already holds that corpus, so comparing modes embeds it once.
@@ -459,7 +473,7 @@ def eval_(
 @handle_errors
 def ask(
     config: ConfigArg,
-    question: Annotated[str, typer.Argument(help="The question.", show_default=False)],
+    question: Annotated[str, typer.Argument(help="The question to answer.", show_default=False)],
     top_n: Annotated[
         int | None,
         typer.Option(min=1, max=limits.TOP_K, help="How many sources to give the LLM."),
@@ -538,9 +552,9 @@ def verify(config: ConfigArg, as_json: JsonOpt = False) -> None:
 @app.command()
 @handle_errors
 def demo(
-    persist_dir: Annotated[Path, typer.Option(help="Where the demo index is kept.")] = Path(
-        ".gl_index/demo"
-    ),
+    persist_dir: Annotated[
+        Path, typer.Option(help="The directory where the demo index is kept.")
+    ] = Path(".gl_index/demo"),
     as_json: JsonOpt = False,
 ) -> None:
     """Index a small bundled corpus with the packaged MiniLM and answer a few queries, offline."""

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -453,23 +454,54 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses deep nesting while composing (before Python's stack is at risk)."""
+    """SafeLoader that refuses deep nesting and too many nodes while composing, before Python's
+    stack or the pure-Python composer's time are at risk."""
 
     _depth = 0
+    _nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         self._depth += 1
+        self._nodes += 1
         try:
             if self._depth > limits.CONFIG_DEPTH:
                 mark = self.peek_event().start_mark
-                raise _TooDeep(f"line {mark.line + 1}")
+                raise _TooBig(
+                    f"config nested deeper than {limits.CONFIG_DEPTH} levels (the limit) at line "
+                    f"{mark.line + 1}"
+                )
+            if self._nodes > limits.CONFIG_NODES:
+                raise _TooBig(
+                    f"config holds more than {limits.CONFIG_NODES:,} YAML values (the limit)"
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
 
-class _TooDeep(Exception):
+class _TooBig(Exception):
     pass
+
+
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of ``[`` / ``{`` in ``text``, counted in linear time.
+
+    PyYAML's scanner looks ahead over every open flow level before it hands out a token, which
+    is quadratic in the nesting (``[`` * 100,000 takes minutes), so nesting is bounded before
+    the text reaches it. Brackets inside quoted strings count too: no real config holds 32
+    unclosed ones.
+    """
+    depth = deepest = 0
+    for m in _BRACKETS.finditer(text):
+        if m.group() in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def _check_shape(data: Any, source: str) -> None:
@@ -552,15 +584,17 @@ def _read_yaml(p: Path) -> Any:
         ) from None
     if "\0" in text:
         raise ConfigError(f"{p}: config contains a NUL byte: it is not a text file")
+    if _flow_depth(text) > limits.CONFIG_DEPTH:
+        raise ConfigError(
+            f"{p}: config nests [ or {{ deeper than {limits.CONFIG_DEPTH} levels (the limit); no "
+            "real config comes close"
+        )
     loader = _BoundedLoader(text)
     loader.name = str(p)  # marks in YAML errors name the file, not "<unicode string>"
     try:
         return loader.get_single_data()
-    except _TooDeep as e:
-        raise ConfigError(
-            f"{p}: config nested deeper than {limits.CONFIG_DEPTH} levels (the limit) at {e}; "
-            "no real config comes close"
-        ) from None
+    except _TooBig as e:
+        raise ConfigError(f"{p}: {e}; no real config comes close") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
     finally:

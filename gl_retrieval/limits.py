@@ -1,5 +1,8 @@
 """Caps on what gl_retrieval reads, in one place: far above any real input, far below harm.
 
+Also the few helpers that read within them (a capped file read, capped lines, what kind of
+non-file a path is). This module imports nothing of gl_retrieval, so any stage can use it.
+
 Every input path checks its own cap and says which one it hit, naming the file (or key) and the
 limit, so a hostile or broken input costs bounded time and memory and gets one clear line.
 
@@ -9,6 +12,7 @@ cap                          value           where it is checked
 ``CONFIG_BYTES``             1 MiB           :func:`gl_retrieval.config.load_config`
 ``CONFIG_DEPTH``             32 levels       YAML nesting, while composing (and dict configs)
 ``CONFIG_VALUES``            100,000         values after YAML alias expansion ("billion laughs")
+``CONFIG_NODES``             10,000          YAML values as written (composing them is pure Python)
 ``JSONL_LINE_BYTES``         16 MiB          one line of a ``.jsonl`` source or BEIR file
 ``SOURCE_FILE_BYTES``        256 MiB         one source file (larger ones are skipped by name)
 ``METADATA_DEPTH``           8 levels        nesting of a source document's ``metadata``
@@ -35,11 +39,15 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
 
 __all__ = [
     "CANDIDATE_K",
     "CONFIG_BYTES",
     "CONFIG_DEPTH",
+    "CONFIG_NODES",
     "CONFIG_VALUES",
     "DOC_ID_CHARS",
     "FILTERS",
@@ -52,9 +60,11 @@ __all__ = [
     "SOURCE_FILE_BYTES",
     "TIMEOUT_S",
     "TOP_K",
+    "capped_lines",
     "human_bytes",
     "not_a_file",
     "read_capped",
+    "source_problem",
 ]
 
 MiB = 1024 * 1024
@@ -62,6 +72,7 @@ MiB = 1024 * 1024
 CONFIG_BYTES = 1 * MiB
 CONFIG_DEPTH = 32
 CONFIG_VALUES = 100_000
+CONFIG_NODES = 10_000
 JSONL_LINE_BYTES = 16 * MiB
 SOURCE_FILE_BYTES = 256 * MiB
 METADATA_DEPTH = 8
@@ -107,8 +118,42 @@ def not_a_file(path: os.PathLike[str] | str) -> str | None:
 def read_capped(path: os.PathLike[str] | str, cap: int) -> bytes | None:
     """The bytes of a regular file, or ``None`` when it holds more than ``cap`` bytes.
 
-    Reads at most ``cap + 1`` bytes, so a file that grows while being read costs no more.
+    Reads at most ``cap + 1`` bytes, so a file that grows while being read costs no more, and
+    allocates by the file's size, not by the cap.
     """
     with open(path, "rb") as f:
-        data = f.read(cap + 1)
-    return None if len(data) > cap else data
+        size = os.fstat(f.fileno()).st_size
+        parts = [f.read(min(size, cap) + 1)]
+        total = len(parts[0])
+        while parts[-1] and total <= cap:  # it grew: keep reading, a MiB at a time
+            parts.append(f.read(min(MiB, cap + 1 - total)))
+            total += len(parts[-1])
+    return None if total > cap else b"".join(parts)
+
+
+def capped_lines(f: BinaryIO, cap: int = JSONL_LINE_BYTES) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, bytes)`` of a binary file, reading at most ``cap + 1`` bytes at a time;
+    a line longer than ``cap`` comes back as ``None`` (and is read past, not kept)."""
+    lineno = 0
+    while True:
+        raw = f.readline(cap + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > cap and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):  # skip the rest of the line, in bounded reads
+                raw = f.readline(cap + 1)
+            yield lineno, None
+            continue
+        yield lineno, raw
+
+
+def source_problem(path: Path) -> str:
+    """Why a configured source path cannot be read: missing, or not a file or directory."""
+    try:
+        reason = not_a_file(path)
+    except FileNotFoundError:
+        return f"source {path} does not exist (sources[].path in the config)"
+    except OSError as e:
+        return f"source {path} cannot be read: {e.strerror} (sources[].path in the config)"
+    return f"source {path} is {reason or 'unreadable'} (sources[].path in the config)"

@@ -211,6 +211,9 @@ def check_command(args: list[str], *, partial: bool = False) -> None:
     cmd: Any = typer.main.get_command(app)
     name = "gl-retrieval"
     while hasattr(cmd, "commands"):
+        group_opts = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+        if args and args[0] in group_opts:  # gl-retrieval --version
+            return
         if not args or args[0] not in cmd.commands:
             raise CommandError(f"{name}: no command {args[:1]}; has {sorted(cmd.commands)}")
         name, cmd, args = args[0], cmd.commands[args[0]], args[1:]
@@ -382,6 +385,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _unknown_packaged(env: Env) -> str:
+    from gl_retrieval.checks import check_config, raise_for_problems
+
+    path = env.tmp / "pipeline.yaml"
+    path.write_text("embedder: {model: 'packaged:all-MiniLM-L12-v2'}\n")
+    cfg = load_config(path)
+    return _raised(lambda: raise_for_problems(check_config(cfg), source=path))
+
+
 def _indexed(env: Env, **changes: Any) -> RetrievalPipeline:
     RetrievalPipeline.from_config(env.small).index()
     return RetrievalPipeline.from_config({**env.small, **changes})
@@ -488,6 +500,8 @@ TRIGGERS: dict[str, Callable[[Env], str]] = {
     "config-unknown-key": lambda env: _yaml(env, "retriever:\n  top_kk: 5\n"),
     "config-choice": lambda env: _yaml(env, "embedder: {provider: openai}\n"),
     "config-top-n": lambda env: _yaml(env, "retriever: {top_k: 3}\nreranker: {top_n: 5}\n"),
+    "config-unknown-packaged": _unknown_packaged,
+    "config-too-large": lambda env: _yaml(env, "# " + "x" * (1024 * 1024) + "\n"),
     "index-not-found": lambda env: _raised(
         lambda: RetrievalPipeline.from_config(env.small).retrieve("anything")
     ),

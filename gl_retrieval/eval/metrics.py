@@ -47,7 +47,6 @@ import numpy as np
 
 from gl_retrieval import limits
 from gl_retrieval.errors import ConfigError, SourceError
-from gl_retrieval.ingest.sources import jsonl_lines
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -193,7 +192,7 @@ def _lines(file: Path) -> Iterator[tuple[int, str]]:
     if reason is not None:
         raise SourceError(f"{file} is {reason}")
     with file.open("rb") as fh:
-        for lineno, raw in jsonl_lines(fh):
+        for lineno, raw in limits.capped_lines(fh):
             if raw is None:
                 cap = limits.human_bytes(limits.JSONL_LINE_BYTES)
                 raise SourceError(f"{file}:{lineno}: line longer than {cap} (the limit)")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from gl_retrieval import limits
 from gl_retrieval.config import SourceConfig
@@ -45,11 +45,9 @@ __all__ = [
     "Document",
     "Skipped",
     "html_to_text",
-    "jsonl_lines",
     "read_directory",
     "read_jsonl",
     "read_sources",
-    "source_problem",
 ]
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".rst", ".text"})
@@ -142,25 +140,6 @@ def _json_kind(obj: Any) -> str:
     return names.get(type(obj).__name__, "null" if obj is None else type(obj).__name__)
 
 
-def jsonl_lines(
-    f: BinaryIO, cap: int = limits.JSONL_LINE_BYTES
-) -> Iterator[tuple[int, bytes | None]]:
-    """``(line number, bytes)`` of a binary file, reading at most ``cap + 1`` bytes at a time;
-    a line longer than ``cap`` comes back as ``None`` (and is read past, not kept)."""
-    lineno = 0
-    while True:
-        raw = f.readline(cap + 1)
-        if not raw:
-            return
-        lineno += 1
-        if len(raw) > cap and not raw.endswith(b"\n"):
-            while raw and not raw.endswith(b"\n"):  # skip the rest of the line, in bounded reads
-                raw = f.readline(cap + 1)
-            yield lineno, None
-            continue
-        yield lineno, raw
-
-
 def read_jsonl(path: Path, skipped: list[Skipped]) -> Iterator[Document]:
     """Yield the documents of a BEIR-layout ``.jsonl`` file.
 
@@ -179,7 +158,7 @@ def read_jsonl(path: Path, skipped: list[Skipped]) -> Iterator[Document]:
     except OSError as e:
         raise SourceError(f"cannot open source {path}: {e.strerror}") from None
     with f:
-        for lineno, raw in jsonl_lines(f):
+        for lineno, raw in limits.capped_lines(f):
             where = f"{path}:{lineno}"
             if raw is None:
                 line_cap = limits.human_bytes(limits.JSONL_LINE_BYTES)
@@ -433,17 +412,6 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def source_problem(path: Path) -> str:
-    """Why a configured source path cannot be read: missing, or not a file or directory."""
-    try:
-        reason = limits.not_a_file(path)
-    except FileNotFoundError:
-        return f"source {path} does not exist (sources[].path in the config)"
-    except OSError as e:
-        return f"source {path} cannot be read: {e.strerror} (sources[].path in the config)"
-    return f"source {path} is {reason or 'unreadable'} (sources[].path in the config)"
-
-
 def read_sources(sources: Iterable[SourceConfig], skipped: list[Skipped]) -> Iterator[Document]:
     """Yield the documents of every source; unreadable documents go to ``skipped``.
 
@@ -461,7 +429,7 @@ def read_sources(sources: Iterable[SourceConfig], skipped: list[Skipped]) -> Ite
             else:
                 docs = read_directory(path.parent, skipped, glob=glob_escape(path.name))
         else:
-            raise SourceError(source_problem(path))
+            raise SourceError(limits.source_problem(path))
         for doc in docs:
             if doc.doc_id in seen:
                 raise SourceError(
