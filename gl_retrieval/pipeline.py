@@ -462,7 +462,7 @@ class RetrievalPipeline:
             One result list per query, in the order of ``queries``.
 
         Example:
-            >>> a, b = pipe.retrieve_batch(["what is BM25?", "why rerank?"], top_n=3)  # doctest: +SKIP
+            >>> a, b = pipe.retrieve_batch(["what is BM25?", "rerank?"])  # doctest: +SKIP
         """
         if isinstance(queries, str):
             raise ValueError("retrieve_batch takes a list of queries; use retrieve for one")

@@ -132,4 +132,3 @@ def _docs(cfg: dict[str, Any]) -> list[Any]:
 
     rows = [json.loads(line) for line in Path(cfg["sources"][0]["path"]).read_text().splitlines()]
     return _doc_objs(rows)
-
