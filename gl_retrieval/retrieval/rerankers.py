@@ -8,6 +8,7 @@ objects) and loads its model in ``__init__``. This one returns new :class:`Ranke
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -120,11 +121,10 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         """Tokens each pair takes in the model (capped at ``max_length``); an estimate of four
         characters a token when the scorer has no tokenizer (a custom ``scorer``)."""
         cap = self.max_length or 10**9
-        tok = getattr(self.scorer, "tokenizer", None)
-        if tok is None or not pairs:
+        counter = getattr(self.scorer, "count_tokens", None)
+        if counter is None or not pairs:
             return [min(cap, (len(q) + len(p)) // 4 + 3) for q, p in pairs]
-        enc = tok([q for q, _ in pairs], [p for _, p in pairs], truncation=True, max_length=cap)
-        return [len(ids) for ids in enc["input_ids"]]
+        return counter(pairs)
 
     def rank(
         self,
@@ -210,9 +210,24 @@ def _load_cross_encoder(
     def score(query: str, passages: Sequence[str]) -> Sequence[float]:
         return predict_pairs([(query, p) for p in passages])
 
+    # A fast tokenizer is not safe to call from two threads at once (its truncation state is
+    # shared), so pairs are measured with a copy of it, under a lock of its own.
+    counting = copy.deepcopy(ce.tokenizer)
+    counting_lock = threading.Lock()
+
+    def count_tokens(pairs: Sequence[tuple[str, str]]) -> list[int]:
+        with counting_lock:
+            enc = counting(
+                [q for q, _ in pairs],
+                [p for _, p in pairs],
+                truncation=True,
+                max_length=max_length or counting.model_max_length,
+            )
+        return [len(ids) for ids in enc["input_ids"]]
+
     # What the serve batcher uses: score many queries' pairs at once, and measure them.
     score.predict_pairs = predict_pairs  # type: ignore[attr-defined]
-    score.tokenizer = ce.tokenizer  # type: ignore[attr-defined]
+    score.count_tokens = count_tokens  # type: ignore[attr-defined]
     return score
 
 
