@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from gl_retrieval._deps import require
@@ -97,6 +101,27 @@ def create_server(
         timeout_graceful_shutdown=int(max(1, scfg.drain_timeout_s)),
         lifespan="off",
     )
-    server = uvicorn.Server(uv_config)
+    server = _server_class(uvicorn)(uv_config)
     server.gl_service = service  # type: ignore[attr-defined]
     return server
+
+
+def _server_class(uvicorn: Any) -> Any:
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a SIGTERM/SIGINT that it drained on is not raised
+        again afterwards: a clean drain exits 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server
