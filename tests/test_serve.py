@@ -342,3 +342,51 @@ def _default_serve() -> Any:
     from gl_retrieval.config import ServeConfig
 
     return ServeConfig()
+
+
+def test_readyz_waits_for_an_index_that_a_job_then_builds(
+    tmp_path: Path, minilm_embedder: Any
+) -> None:
+    raw = _cfg(tmp_path, None)
+    raw["serve"].pop("api_key")
+    pipe = RetrievalPipeline(parse_config(raw), embedder=minilm_embedder)
+    with running_server(parse_config(raw), pipeline=pipe) as server:
+        r = httpx.get(server.url + "/readyz")
+        assert r.status_code == 503 and r.json()["error"]["type"] == "not_ready"
+        r = httpx.post(server.url + "/v1/query", json={"query": "bm25"})
+        assert r.status_code == 503 and "gl-retrieval index" in r.json()["error"]["message"]
+        job = httpx.post(server.url + "/v1/index", json={"prune": True}).json()
+        for _ in range(600):
+            state = httpx.get(server.url + f"/v1/index/{job['id']}").json()
+            if state["state"] != "running":
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        assert state["state"] == "succeeded", state
+        assert state["summary"]["documents"]["added"] == len(CORPUS)
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        r = httpx.post(server.url + "/v1/query", json={"query": "term frequency lexical"})
+        assert r.status_code == 200 and r.json()["results"][0]["doc_id"] == "bm25"
+
+
+def test_serve_is_an_optional_extra_and_import_stays_light(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+    import sys
+
+    from gl_retrieval.errors import MissingDependencyError
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys, gl_retrieval, gl_retrieval.serve;"
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'httpx', 'torch', 'prometheus_client')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "[]"
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    monkeypatch.delitem(sys.modules, "gl_retrieval.serve.app", raising=False)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'gl-retrieval\[serve\]'"):
+        import gl_retrieval.serve.app  # noqa: F401
