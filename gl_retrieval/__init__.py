@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from gl_retrieval.ingest.indexer import IndexSummary
     from gl_retrieval.pipeline import RetrievalPipeline
     from gl_retrieval.retrieval.results import RankedNode
+    from gl_retrieval.serve.client import RemotePipeline
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ __all__ = [
     "PipelineConfig",
     "QueryError",
     "RankedNode",
+    "RemotePipeline",
     "RetrievalPipeline",
     "SourceError",
     "StorageError",
@@ -66,6 +68,7 @@ _LAZY = {
     "RetrievalPipeline": "gl_retrieval.pipeline",
     "IndexSummary": "gl_retrieval.ingest.indexer",
     "RankedNode": "gl_retrieval.retrieval.results",
+    "RemotePipeline": "gl_retrieval.serve.client",
 }
 
 

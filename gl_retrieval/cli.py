@@ -582,6 +582,35 @@ def demo(
             typer.echo(f"\nscore {kind}: {SCORE_KINDS[kind]}")
 
 
+@app.command()
+@handle_errors
+def serve(
+    config: ConfigArg,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind.")] = 8080,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="Allow a non-loopback --host without an API key (serve.api_key)."),
+    ] = False,
+) -> None:
+    """Serve the pipeline over HTTP (FastAPI + uvicorn): models and index load first.
+
+    Needs the serve extra. The API key comes from serve.api_key or $GL_RETRIEVAL_API_KEY;
+    SIGTERM drains in-flight requests and exits 0. See docs/serving.md.
+    """
+    import logging
+
+    from gl_retrieval._deps import require
+
+    require("fastapi", extra="serve")
+    from gl_retrieval.serve.server import create_server
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    quiet_model_loading()
+    server = create_server(load_config(config), host=host, port=port, insecure=insecure)
+    server.run()
+
+
 # -- models ---------------------------------------------------------------------------------------
 
 models_app = typer.Typer(

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SecretStr,
     Tag,
     ValidationError,
     field_validator,
@@ -40,6 +41,7 @@ __all__ = [
     "PostgresStorageConfig",
     "RerankerConfig",
     "RetrieverConfig",
+    "ServeConfig",
     "SourceConfig",
     "load_config",
 ]
@@ -324,6 +326,63 @@ class OllamaLLMConfig(_Strict):
     )
 
 
+class ServeConfig(_Strict):
+    """`gl-retrieval serve`: batching across requests, backpressure, limits, auth, CORS."""
+
+    batching: bool = Field(
+        default=True,
+        description="Merge concurrent requests' query embeddings (and rerank pairs) into one "
+        "model call; false: one call per request.",
+    )
+    max_batch_size: int = Field(
+        default=32, gt=0, le=4096, description="Most texts in one merged embedding call."
+    )
+    max_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=10_000,
+        description="How long a batch waits for more requests once the model is free.",
+    )
+    rerank_max_batch_tokens: int = Field(
+        default=16384,
+        gt=0,
+        description="Token budget of one merged cross-encoder call (as TEI's --max-batch-tokens).",
+    )
+    queue_size: int = Field(
+        default=64,
+        gt=0,
+        description="Requests admitted at once (running or waiting); beyond it: 503 + Retry-After.",
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request still unanswered after this gets 504."
+    )
+    max_body_bytes: int = Field(
+        default=1_000_000, gt=0, description="Larger request bodies get 413."
+    )
+    max_query_chars: int = Field(
+        default=4096, gt=0, description="Longer queries (or embedding inputs) get 422."
+    )
+    max_batch_items: int = Field(
+        default=256, gt=0, description="Most queries / inputs / texts in one request (422)."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key every route but /healthz and /readyz needs; default: "
+        "$GL_RETRIEVAL_API_KEY. Never logged.",
+    )
+    cors_origins: tuple[str, ...] = Field(
+        default=(), description="Origins allowed by CORS; empty: CORS off."
+    )
+    reload_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often to check the storage for a newly committed generation.",
+    )
+    drain_timeout_s: float = Field(
+        default=20.0, gt=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+
+
 class PipelineConfig(_Strict):
     """The whole pipeline: embedder → storage → retriever → reranker (→ llm)."""
 
@@ -348,6 +407,9 @@ class PipelineConfig(_Strict):
     )
     llm: OllamaLLMConfig | None = Field(
         default=None, description="Optional answer writer; none: retrieval only, no LLM calls."
+    )
+    serve: ServeConfig | None = Field(
+        default=None, description="Optional settings of `gl-retrieval serve`; none: defaults."
     )
 
     @field_validator("sources", mode="before")

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -108,7 +109,8 @@ class RetrievalOnlyQueryEngine(BaseQueryEngine):
         return Response(response=text, source_nodes=nodes)
 
     async def _aquery(self, query_bundle: QueryBundle) -> Response:
-        return self._query(query_bundle)
+        # Model work (and an LLM call) runs in a worker thread, off the event loop.
+        return await asyncio.to_thread(self._query, query_bundle)
 
     def _get_prompt_modules(self) -> dict[str, Any]:
         return {}
@@ -136,7 +138,10 @@ class RetrievalPipeline:
         self._reranker = reranker
         self._storage = storage
         self._handle: IndexHandle | None = None
+        # _lock guards building the stages and loading/swapping the index; _write_lock
+        # serialises index writes, so queries keep running on the loaded index while one runs.
         self._lock = threading.RLock()
+        self._write_lock = threading.Lock()
 
     # -- construction --------------------------------------------------------------------------
 
@@ -255,24 +260,69 @@ class RetrievalPipeline:
             self._handle = None
 
     def _load_handle(self) -> IndexHandle:
+        handle = self._handle  # one read: a concurrent refresh() swaps it atomically
+        if handle is not None:
+            return handle
         with self._lock:
             if self._handle is None:
-                manifest = self.storage.read_manifest()
-                fp = self.embedder.fingerprint()
-                check_compatible(manifest, embedder=fp, chunking=None, where=self.storage.location)
-                # Another chunking leaves the vectors comparable, so queries stay correct and
-                # are served; only `index` refuses it (it would mix two chunkings in one index).
-                diffs = chunking_differences(manifest, self._config.chunking.model_dump())
-                if diffs:
-                    log.warning(
-                        "the index at %s was chunked differently than the config asks (%s); "
-                        "queries use the index's chunks. Rebuild with `gl-retrieval index "
-                        "CONFIG --rebuild` to apply the config's chunking",
-                        self.storage.location,
-                        "; ".join(diffs),
-                    )
-                self._handle = self.storage.load(embed_model=self.embedder)
+                self._handle = self._read_index()
             return self._handle
+
+    def _read_index(self) -> IndexHandle:
+        manifest = self.storage.read_manifest()
+        fp = self.embedder.fingerprint()
+        check_compatible(manifest, embedder=fp, chunking=None, where=self.storage.location)
+        # Another chunking leaves the vectors comparable, so queries stay correct and
+        # are served; only `index` refuses it (it would mix two chunkings in one index).
+        diffs = chunking_differences(manifest, self._config.chunking.model_dump())
+        if diffs:
+            log.warning(
+                "the index at %s was chunked differently than the config asks (%s); "
+                "queries use the index's chunks. Rebuild with `gl-retrieval index "
+                "CONFIG --rebuild` to apply the config's chunking",
+                self.storage.location,
+                "; ".join(diffs),
+            )
+        handle = self.storage.load(embed_model=self.embedder)
+        if self._config.retriever.mode != "dense":
+            lexical_index(handle)
+        return handle
+
+    def committed_generation(self) -> str | None:
+        """Id of the generation the storage has committed now (None: nothing committed).
+
+        Cheap enough to poll: a file read (embedded) or one small row (postgres).
+        """
+        return _committed_generation(self.storage)
+
+    @property
+    def generation(self) -> str | None:
+        """Id of the generation loaded in this pipeline (None: no index loaded yet)."""
+        handle = self._handle
+        return None if handle is None else _handle_generation(handle)
+
+    def refresh(self) -> bool:
+        """Load the committed generation if it is newer than the loaded one, then swap.
+
+        The new index is loaded (and its BM25 side built) before the swap; queries already
+        running keep the index they started on, later ones see the new one. Safe to call from a
+        background thread while queries run.
+
+        Returns:
+            True when a new generation was loaded.
+
+        Raises:
+            IndexNotFoundError: nothing is committed.
+            IndexMismatchError: the new generation was built by a different embedder.
+        """
+        committed = self.committed_generation()
+        if committed is not None and committed == self.generation:
+            return False
+        with self._lock:
+            if committed is not None and committed == self.generation:
+                return False
+            self._handle = self._read_index()
+        return True
 
     # -- indexing ------------------------------------------------------------------------------
 
@@ -331,7 +381,7 @@ class RetrievalPipeline:
         """Run one indexing function under the storage's writer lock, then drop the loaded index
         so the next query sees the new commit."""
         lock = getattr(self.storage, "write_lock", None)
-        with self._lock, lock() if lock else nullcontext():
+        with self._write_lock, lock() if lock else nullcontext():
             summary = run(
                 config=self._config,
                 embedder=self.embedder,
@@ -339,7 +389,8 @@ class RetrievalPipeline:
                 on_handle=self._before_commit(),
                 **options,
             )
-            self._handle = None
+            with self._lock:
+                self._handle = None
         return summary
 
     # -- querying ------------------------------------------------------------------------------
@@ -395,9 +446,151 @@ class RetrievalPipeline:
             >>> [h.doc_id for h in hits]  # doctest: +SKIP
             >>> pipe.retrieve("upgrade", filters=["ticker=PENDLE"])  # doctest: +SKIP
         """
-        check_query(query)
+        _check_query(query, top_k=top_k)
         retriever = self.as_retriever(filters=filters, top_k=top_k, top_n=top_n)
         return list(retriever.retrieve(query))  # type: ignore[arg-type]
+
+    @property
+    def needs_query_embedding(self) -> bool:
+        """False in ``bm25`` mode, where queries are never embedded."""
+        return self._config.retriever.mode != "bm25"
+
+    def retrieve_candidates(
+        self,
+        query: str,
+        *,
+        embedding: Sequence[float] | None = None,
+        filters: FiltersArg = None,
+        top_k: int | None = None,
+    ) -> list[RankedNode]:
+        """The first stage alone: ``top_k`` candidates for ``query``, not reranked.
+
+        Args:
+            query: The query text.
+            embedding: The query's vector (from :meth:`GLEmbedding.embed_queries`); computed
+                here when None. Pass it to embed many queries in one call.
+            filters: Metadata filters, as for :meth:`retrieve`.
+            top_k: Candidates to retrieve; default ``retriever.top_k``.
+        """
+        _check_query(query, top_k=top_k)
+        k = top_k or self._config.retriever.top_k
+        first = build_first_stage(
+            self._load_handle(), self._config.retriever, top_k=k, filters=parse_filters(filters)
+        )
+        bundle = QueryBundle(
+            query_str=query, embedding=None if embedding is None else [float(x) for x in embedding]
+        )
+        return [RankedNode.from_retrieved(h) for h in first.retrieve(bundle)]
+
+    def rank_candidates(
+        self,
+        candidates: Sequence[RankedNode],
+        *,
+        scores: Sequence[float] | None = None,
+        top_n: int | None = None,
+    ) -> list[RankedNode]:
+        """The second stage: order ``candidates`` by reranker ``scores`` and cut to ``top_n``.
+
+        Args:
+            candidates: From :meth:`retrieve_candidates`.
+            scores: Cross-encoder scores for ``(query, passage)`` of each candidate (see
+                :meth:`CrossEncoderReranker.score_pairs`); required when a reranker is
+                configured, ignored otherwise.
+            top_n: Results to return, as for :meth:`retrieve`.
+        """
+        if top_n is not None and top_n <= 0:
+            raise ValueError(f"top_n must be > 0, but got {top_n}")
+        reranker = self.reranker
+        if reranker is None:
+            return list(candidates[:top_n] if top_n is not None else candidates)
+        if scores is None:
+            raise ValueError("rank_candidates needs the reranker's scores for the candidates")
+        return reranker.rank(candidates, scores, top_n=top_n)
+
+    def retrieve_batch(
+        self,
+        queries: Sequence[str],
+        *,
+        filters: FiltersArg = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+    ) -> list[list[RankedNode]]:
+        """:meth:`retrieve` for many queries: one embed call for all of them, one rerank call.
+
+        Results equal (to float tolerance) ``[pipe.retrieve(q, ...) for q in queries]``.
+
+        Args:
+            queries: The query texts.
+            filters: Metadata filters applied to every query.
+            top_k: Candidates per query.
+            top_n: Results per query.
+
+        Returns:
+            One result list per query, in the order of ``queries``.
+
+        Example:
+            >>> a, b = pipe.retrieve_batch(["what is BM25?", "rerank?"])  # doctest: +SKIP
+        """
+        if isinstance(queries, str):
+            raise ValueError("retrieve_batch takes a list of queries; use retrieve for one")
+        queries = list(queries)
+        for q in queries:
+            _check_query(q, top_k=top_k)
+        if top_n is not None and top_n <= 0:
+            raise ValueError(f"top_n must be > 0, but got {top_n}")
+        if not queries:
+            return []
+        parsed = parse_filters(filters)
+        vectors: list[Any] = [None] * len(queries)
+        if self.needs_query_embedding:
+            vectors = list(self.embedder.embed_queries(queries))
+        candidates = [
+            self.retrieve_candidates(q, embedding=v, filters=parsed, top_k=top_k)
+            for q, v in zip(queries, vectors, strict=True)
+        ]
+        reranker = self.reranker
+        if reranker is None:
+            return [self.rank_candidates(c, top_n=top_n) for c in candidates]
+        pairs = [
+            (q, p) for q, c in zip(queries, candidates, strict=True) for p in reranker.passages(c)
+        ]
+        flat = reranker.score_pairs(pairs)
+        out, start = [], 0
+        for c in candidates:
+            out.append(self.rank_candidates(c, scores=flat[start : start + len(c)], top_n=top_n))
+            start += len(c)
+        return out
+
+    async def aretrieve(
+        self,
+        query: str,
+        *,
+        filters: FiltersArg = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+    ) -> list[RankedNode]:
+        """:meth:`retrieve` for async code: the model work runs in a worker thread, so
+        gathered calls overlap and the event loop stays free.
+
+        Example:
+            >>> hits = await pipe.aretrieve("what is BM25?")  # doctest: +SKIP
+        """
+        return await asyncio.to_thread(
+            self.retrieve, query, filters=filters, top_k=top_k, top_n=top_n
+        )
+
+    async def aretrieve_batch(
+        self,
+        queries: Sequence[str],
+        *,
+        filters: FiltersArg = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+    ) -> list[list[RankedNode]]:
+        """:meth:`retrieve_batch` in a worker thread."""
+        return await asyncio.to_thread(
+            self.retrieve_batch, queries, filters=filters, top_k=top_k, top_n=top_n
+        )
 
     def as_query_engine(self, **kwargs: Any) -> BaseQueryEngine:
         """A LlamaIndex query engine: retrieval-only, unless the config has an ``llm`` section.
@@ -490,6 +683,15 @@ class RetrievalPipeline:
             report["ok"] = False
             report["recovery"] = storage.recovery(exclude=directory)  # type: ignore[attr-defined]
         return report
+    async def aquery(self, query: str, **kwargs: Any) -> Response:
+        """``as_query_engine(**kwargs).aquery(query)``: retrieval (and an LLM answer, if one
+        is configured) in a worker thread."""
+        engine = await asyncio.to_thread(self.as_query_engine, **kwargs)
+        return await engine.aquery(query)  # type: ignore[return-value]
+
+    async def aask(self, question: str, **kwargs: Any) -> Answer:
+        """:meth:`ask` in a worker thread."""
+        return await asyncio.to_thread(self.ask, question, **kwargs)
 
     def info(self) -> dict[str, Any]:
         """The manifest and counts of the committed index (no model is loaded).
@@ -512,3 +714,37 @@ class RetrievalPipeline:
             "created_at": m.created_at,
             "updated_at": m.updated_at,
         }
+
+
+def _check_query(query: Any, *, top_k: int | None) -> None:
+    check_query(query)
+    check_depth("top_k", top_k)
+
+
+def _committed_generation(storage: Storage) -> str | None:
+    """The storage's committed generation id: the CURRENT directory name (embedded) or the
+    manifest row's generation number (postgres)."""
+    current = getattr(storage, "current_generation", None)
+    if current is not None:
+        gen = current()
+        return None if gen is None else Path(gen).name
+    read_state = getattr(storage, "_read_state", None)
+    if read_state is not None:
+        from gl_retrieval.errors import IndexNotFoundError
+
+        try:
+            return str(read_state(documents=False)[0])
+        except IndexNotFoundError:
+            return None
+    m = storage.read_manifest()  # another backend: the manifest's timestamp stands in
+    return m.updated_at
+
+
+def _handle_generation(handle: IndexHandle) -> str | None:
+    if "dir" in handle.extras:
+        return Path(handle.extras["dir"]).name
+    from gl_retrieval.storage.postgres.sql import GENERATION
+
+    if GENERATION in handle.extras:
+        return str(handle.extras[GENERATION])
+    return None if handle.manifest is None else handle.manifest.updated_at

@@ -245,7 +245,7 @@ def test_documented_commands_exist() -> None:
 
 def test_command_checker_catches_mistakes() -> None:
     with pytest.raises(CommandError, match="no command"):
-        check_command(["serve", "x.yaml"])
+        check_command(["serv", "x.yaml"])
     with pytest.raises(CommandError, match="No such option: --top-m"):
         check_command(["query", "x.yaml", "q", "--top-m", "3"])
     with pytest.raises(CommandError, match="no command"):

@@ -13,6 +13,7 @@ say so (``rerank_stand_in=True``), rather than being sorted by noise and called 
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -116,8 +117,54 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         """
         if not nodes:
             return []
-        passages = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
-        scores = [float(s) for s in self.scorer(query, passages)]
+        scores = self.scorer(query, self.passages(nodes))
+        return self.rank(nodes, scores, top_n=top_n)
+
+    @staticmethod
+    def passages(nodes: Sequence[NodeWithScore]) -> list[str]:
+        """The text the cross-encoder reads for each node (content with embed metadata)."""
+        return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Score ``(query, passage)`` pairs of any number of queries in one model call.
+
+        With a custom ``scorer`` (which takes one query at a time) the pairs are grouped by
+        query; scores come back in the order of ``pairs`` either way.
+        """
+        if not pairs:
+            return []
+        scorer = self.scorer
+        predict = getattr(scorer, "predict_pairs", None)
+        if predict is not None:
+            return [float(s) for s in predict(list(pairs))]
+        out: list[float] = [0.0] * len(pairs)
+        groups: dict[str, list[int]] = {}
+        for i, (q, _) in enumerate(pairs):
+            groups.setdefault(q, []).append(i)
+        for q, idx in groups.items():
+            scores = list(scorer(q, [pairs[i][1] for i in idx]))
+            for i, s in zip(idx, scores, strict=True):
+                out[i] = float(s)
+        return out
+
+    def count_pair_tokens(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens each pair takes in the model (capped at ``max_length``); an estimate of four
+        characters a token when the scorer has no tokenizer (a custom ``scorer``)."""
+        cap = self.max_length or 10**9
+        counter = getattr(self.scorer, "count_tokens", None)
+        if counter is None or not pairs:
+            return [min(cap, (len(q) + len(p)) // 4 + 3) for q, p in pairs]
+        return counter(pairs)
+
+    def rank(
+        self,
+        nodes: Sequence[NodeWithScore],
+        scores: Sequence[float],
+        *,
+        top_n: int | None = None,
+    ) -> list[RankedNode]:
+        """New nodes carrying ``scores`` (one per node), best first, cut to ``top_n``."""
+        scores = [float(s) for s in scores]
         if len(scores) != len(nodes):
             raise ModelLoadError(f"reranker returned {len(scores)} scores for {len(nodes)} nodes")
         stand_in = self.stand_in
@@ -194,10 +241,30 @@ def _load_cross_encoder(
     if dev == "cuda":
         ce.model.half()
 
-    def score(query: str, passages: Sequence[str]) -> Sequence[float]:
-        pairs = [(query, p) for p in passages]
+    def predict_pairs(pairs: list[tuple[str, str]]) -> Sequence[float]:
         return ce.predict(pairs, batch_size=batch_size, show_progress_bar=False)
 
+    def score(query: str, passages: Sequence[str]) -> Sequence[float]:
+        return predict_pairs([(query, p) for p in passages])
+
+    # A fast tokenizer is not safe to call from two threads at once (its truncation state is
+    # shared), so pairs are measured with a copy of it, under a lock of its own.
+    counting = copy.deepcopy(ce.tokenizer)
+    counting_lock = threading.Lock()
+
+    def count_tokens(pairs: Sequence[tuple[str, str]]) -> list[int]:
+        with counting_lock:
+            enc = counting(
+                [q for q, _ in pairs],
+                [p for _, p in pairs],
+                truncation=True,
+                max_length=max_length or counting.model_max_length,
+            )
+        return [len(ids) for ids in enc["input_ids"]]
+
+    # What the serve batcher uses: score many queries' pairs at once, and measure them.
+    score.predict_pairs = predict_pairs  # type: ignore[attr-defined]
+    score.count_tokens = count_tokens  # type: ignore[attr-defined]
     return score
 
 

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -341,3 +342,8 @@ class TwoStageRetriever(BaseRetriever):
         if self._reranker is not None:
             return list(self._reranker.rerank(hits, query_bundle.query_str, top_n=self._top_n))
         return hits[: self._top_n] if self._top_n is not None else hits
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        # Embedding, search and rerank are CPU/GPU work: run them in a worker thread, so the
+        # event loop stays free and gathered queries overlap.
+        return await asyncio.to_thread(self._retrieve, query_bundle)

@@ -1,0 +1,190 @@
+"""Batching across requests: a bounded queue in front of one worker thread per model.
+
+Requests on the event loop :meth:`MicroBatcher.submit` a payload and await its result; the
+worker thread takes everything that is waiting (up to ``max_cost``, e.g. texts or tokens),
+waits at most ``max_wait_s`` for more while other requests are on their way, runs one model
+call for the whole batch and hands each request its share. Model work never runs on the event
+loop, so ``/healthz`` and ``/metrics`` answer while a batch runs.
+
+Example:
+    >>> b = MicroBatcher(lambda xs: [x * 2 for x in xs], name="double", max_cost=8)
+    >>> import asyncio
+import contextlib
+    >>> asyncio.run(b.submit(21))
+    42
+    >>> b.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["MicroBatcher", "Overloaded"]
+
+log = logging.getLogger("gl_retrieval.serve")
+
+
+class Overloaded(Exception):
+    """The queue is full: the caller should answer 503 with ``Retry-After``."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class _Item:
+    payload: Any
+    cost: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+_EMPTY = object()
+
+
+def _deliver(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if fut.done():  # the request timed out or was cancelled meanwhile
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+class MicroBatcher:
+    """Merge concurrent submissions into one call of ``fn`` on a worker thread.
+
+    Args:
+        fn: Takes the payloads of one batch, returns one result per payload, in order.
+        name: For the thread name, logs and metrics.
+        max_cost: A batch holds items until their summed ``cost`` reaches this (an item that
+            alone exceeds it runs alone).
+        max_wait_s: How long a batch that is not full waits for more items, while
+            ``pending()`` says more are on their way.
+        max_queue: Items waiting at most; beyond it :meth:`submit` raises :class:`Overloaded`.
+        pending: How many requests are in flight anywhere (admitted and unanswered); the
+            batcher only waits for more when more exist. Default: always wait.
+        observe: Called as ``observe(batch_size, cost, waits)`` after each batch (metrics).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[Any]], Sequence[Any]],
+        *,
+        name: str,
+        max_cost: int,
+        max_wait_s: float = 0.002,
+        max_queue: int = 1024,
+        pending: Callable[[], int] | None = None,
+        observe: Callable[[int, int, list[float]], None] | None = None,
+    ) -> None:
+        self._fn = fn
+        self.name = name
+        self._max_cost = max(1, int(max_cost))
+        self._max_wait_s = max(0.0, float(max_wait_s))
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
+        self._pending = pending
+        self._observe = observe
+        self._carry: _Item | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"gl-batch-{name}", daemon=True)
+        self._thread.start()
+
+    async def submit(self, payload: Any, *, cost: int = 1) -> Any:
+        """Queue ``payload`` for the next batch and wait for its result.
+
+        Raises:
+            Overloaded: the queue is full.
+        """
+        if self._closed:
+            raise Overloaded(f"the {self.name} batcher is shutting down")
+        loop = asyncio.get_running_loop()
+        item = _Item(
+            payload=payload, cost=max(1, int(cost)), loop=loop, future=loop.create_future()
+        )
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            raise Overloaded(f"the {self.name} queue is full") from None
+        return await item.future
+
+    def close(self) -> None:
+        """Stop the worker after the items already queued."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+
+    # -- worker thread ---------------------------------------------------------------------------
+
+    def _next(self, timeout: float | None) -> _Item | object | None:
+        """The next item, ``None`` when closed, or ``_EMPTY`` when nothing came in time."""
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        try:
+            return self._queue.get(timeout=timeout) if timeout != 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return _EMPTY
+
+    def _collect(self, first: _Item) -> list[_Item]:
+        batch, cost = [first], first.cost
+        deadline = time.perf_counter() + self._max_wait_s
+        while cost < self._max_cost:
+            item = self._next(0)  # everything already waiting joins at once
+            if item is _EMPTY:
+                more = self._pending() > len(batch) if self._pending is not None else True
+                remaining = deadline - time.perf_counter()
+                if not more or remaining <= 0:
+                    break
+                item = self._next(remaining)
+                if item is _EMPTY:
+                    break
+            if item is None:  # close(): finish this batch, then stop
+                self._queue.put(None)
+                break
+            if not isinstance(item, _Item):
+                continue
+            if item.future.done():  # timed out while waiting
+                continue
+            if cost + item.cost > self._max_cost:
+                self._carry = item
+                break
+            batch.append(item)
+            cost += item.cost
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            first = self._next(None)
+            if first is None:
+                return
+            if not isinstance(first, _Item) or first.future.done():
+                continue
+            batch = self._collect(first)
+            started = time.perf_counter()
+            waits = [started - it.enqueued for it in batch]
+            try:
+                results = list(self._fn([it.payload for it in batch]))
+                if len(results) != len(batch):
+                    raise RuntimeError(
+                        f"{self.name} batch returned {len(results)} results for {len(batch)} items"
+                    )
+                error: BaseException | None = None
+            except Exception as e:  # handed to each waiting request, never kills the worker
+                log.warning("%s batch of %d failed: %s", self.name, len(batch), e)
+                results, error = [None] * len(batch), e
+            for it, res in zip(batch, results, strict=True):
+                with contextlib.suppress(RuntimeError):  # the loop closed
+                    it.loop.call_soon_threadsafe(_deliver, it.future, res, error)
+            if self._observe is not None:
+                self._observe(len(batch), sum(it.cost for it in batch), waits)

@@ -1,0 +1,92 @@
+"""Request bodies of the HTTP routes (responses are plain JSON in the CLI's shapes)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AskRequest",
+    "BatchQueryRequest",
+    "EmbeddingsRequest",
+    "IndexRequest",
+    "QueryRequest",
+    "TEIEmbedRequest",
+    "TEIRerankRequest",
+]
+
+#: ``["ticker=PENDLE", "date<2026-01-01"]``, one such string, or ``{"ticker": "PENDLE"}``.
+Filters = list[str] | dict[str, Any] | str | None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Options(_Body):
+    top_k: int | None = Field(default=None, gt=0, description="Candidates to retrieve.")
+    top_n: int | None = Field(default=None, gt=0, description="Results to return.")
+    filters: Filters = Field(
+        default=None,
+        description="Metadata filters: strings like 'ticker=PENDLE' or a mapping "
+        "{'ticker': 'PENDLE', 'date': {'<': '2026-01-01'}}.",
+    )
+
+
+class QueryRequest(_Options):
+    query: str = Field(description="The query text.")
+
+
+class BatchQueryRequest(_Options):
+    queries: list[str] = Field(description="Query texts; results come back in this order.")
+
+
+class AskRequest(_Options):
+    question: str = Field(description="The question for the configured LLM.")
+
+
+class IndexRequest(_Body):
+    prune: bool = Field(default=False, description="Remove documents gone from the sources.")
+
+
+class EmbeddingsRequest(BaseModel):
+    """OpenAI's ``POST /v1/embeddings`` body, plus ``input_type``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] = Field(description="One text or a list of texts.")
+    model: str = Field(default="gl-retrieval", description="Echoed back; the served model.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, gt=0)
+    user: str | None = None
+    input_type: Literal["query", "document"] = Field(
+        default="document",
+        description="Which prefix applies: the embedder's document prefix (default, for texts "
+        "you store) or its query prefix (for search queries).",
+    )
+
+
+class TEIEmbedRequest(BaseModel):
+    """text-embeddings-inference's ``POST /embed`` body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: str | list[str]
+    normalize: bool = True
+    truncate: bool | None = None
+    prompt_name: str | None = Field(
+        default=None, description="'query' or 'document' applies that prefix; none: as given."
+    )
+
+
+class TEIRerankRequest(BaseModel):
+    """text-embeddings-inference's ``POST /rerank`` body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    query: str
+    texts: list[str]
+    raw_scores: bool = False
+    return_text: bool = False
+    truncate: bool | None = None

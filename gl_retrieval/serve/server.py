@@ -1,0 +1,127 @@
+"""Run the service under uvicorn: load everything, then bind; drain on SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from gl_retrieval._deps import require
+from gl_retrieval.config import PipelineConfig, ServeConfig
+from gl_retrieval.errors import ConfigError
+
+__all__ = ["API_KEY_ENV", "api_key_for", "check_bind", "create_server", "is_loopback"]
+
+#: Environment variable read when the config has no ``serve.api_key``.
+API_KEY_ENV = "GL_RETRIEVAL_API_KEY"
+
+log = logging.getLogger("gl_retrieval.serve")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key_for(cfg: ServeConfig) -> str | None:
+    """``serve.api_key``, else ``$GL_RETRIEVAL_API_KEY``, else None (no auth)."""
+    if cfg.api_key is not None and cfg.api_key.get_secret_value():
+        return cfg.api_key.get_secret_value()
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def check_bind(host: str, *, api_key: str | None, insecure: bool) -> None:
+    """Refuse a non-loopback address without an API key, unless ``insecure``.
+
+    Raises:
+        ConfigError: the bind would expose an open server.
+    """
+    if not is_loopback(host) and api_key is None and not insecure:
+        raise ConfigError(
+            f"refusing to serve on {host} without an API key: set serve.api_key or "
+            f"${API_KEY_ENV}, bind 127.0.0.1, or pass --insecure"
+        )
+
+
+def create_server(
+    config: PipelineConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    insecure: bool = False,
+    pipeline: Any = None,
+    log_level: str = "info",
+) -> Any:
+    """A ready ``uvicorn.Server`` whose models and index are already loaded.
+
+    The socket is bound only by ``server.run()``, after everything has loaded. uvicorn
+    handles SIGTERM/SIGINT: it stops accepting, lets in-flight requests finish within
+    ``serve.drain_timeout_s`` and returns, so the process exits 0.
+
+    Args:
+        config: The pipeline config (its ``serve`` section, or the defaults).
+        host: Address to bind.
+        port: Port to bind (0: any free port).
+        insecure: Allow a non-loopback bind without an API key.
+        pipeline: A ready :class:`RetrievalPipeline` to serve instead of building one.
+        log_level: uvicorn's log level.
+
+    Raises:
+        ConfigError: a non-loopback bind without a key, or a bad config.
+    """
+    uvicorn = require("uvicorn", extra="serve")
+    from gl_retrieval.pipeline import RetrievalPipeline
+    from gl_retrieval.serve.app import build_app
+    from gl_retrieval.serve.service import RetrievalService
+
+    scfg = config.serve or ServeConfig()
+    key = api_key_for(scfg)
+    check_bind(host, api_key=key, insecure=insecure)
+    pipe = pipeline if pipeline is not None else RetrievalPipeline(config)
+    service = RetrievalService(pipe, scfg).start()
+    if not service.ready:
+        log.warning("no index is loaded yet (%s); /readyz answers 503", service.last_reload_error)
+    app = build_app(service, api_key=key)
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,  # never log request headers (the API key); /metrics counts requests
+        timeout_graceful_shutdown=int(max(1, scfg.drain_timeout_s)),
+        lifespan="off",
+    )
+    server = _server_class(uvicorn)(uv_config)
+    server.gl_service = service  # type: ignore[attr-defined]
+    return server
+
+
+def _server_class(uvicorn: Any) -> Any:
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that a SIGTERM/SIGINT that it drained on is not raised
+        again afterwards: a clean drain exits 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server

@@ -1,0 +1,339 @@
+"""What the HTTP routes call: one warm pipeline, the batchers, the index job and the watcher.
+
+The service owns a :class:`RetrievalPipeline`. Each query's embedding goes through the embed
+batcher, its first stage runs in a worker thread on the index generation loaded when it
+started, and its rerank pairs go through the rerank batcher; the result is exactly what
+``pipe.retrieve`` gives in process (to float tolerance). A watcher thread polls the storage
+and swaps in each newly committed generation (``pipe.refresh()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gl_retrieval.config import ServeConfig
+from gl_retrieval.errors import GLRetrievalError, IndexNotFoundError
+from gl_retrieval.pipeline import RetrievalPipeline
+from gl_retrieval.retrieval.filters import parse_filters
+from gl_retrieval.retrieval.results import RankedNode
+from gl_retrieval.serve.batching import MicroBatcher, Overloaded
+from gl_retrieval.serve.metrics import ServeMetrics
+
+__all__ = ["IndexJob", "JobRunning", "RetrievalService"]
+
+log = logging.getLogger("gl_retrieval.serve")
+
+#: What an embedding request asks for: the embedder's query or document prefix, or none (TEI).
+EmbedKind = str  # "query" | "document" | "raw"
+
+
+class JobRunning(GLRetrievalError):
+    """An index job is already running (HTTP 409)."""
+
+
+@dataclass
+class IndexJob:
+    """A background `index` run started by ``POST /v1/index``."""
+
+    id: str
+    prune: bool
+    state: str = "running"  # running | succeeded | failed
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "prune": self.prune,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "summary": self.summary,
+            "error": self.error,
+        }
+
+
+class RetrievalService:
+    """The pipeline behind the server, with batching across requests.
+
+    Args:
+        pipe: The pipeline (warmed up by :meth:`start`).
+        config: The ``serve`` settings.
+        metrics: Where to record; a new registry by default.
+    """
+
+    def __init__(
+        self,
+        pipe: RetrievalPipeline,
+        config: ServeConfig | None = None,
+        *,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
+        self.pipe = pipe
+        self.config = config or ServeConfig()
+        self.metrics = metrics or ServeMetrics()
+        self._in_flight = 0
+        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gl-serve")
+        self._embed: MicroBatcher | None = None
+        self._rerank: MicroBatcher | None = None
+        self._jobs: dict[str, IndexJob] = {}
+        self._job_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.last_reload_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> RetrievalService:
+        """Load the models and the index (before the socket accepts), start the batchers and
+        the generation watcher. A missing index is not fatal: /readyz says 503 until one is
+        committed (e.g. by ``POST /v1/index``)."""
+        pipe, cfg = self.pipe, self.config
+        t0 = time.perf_counter()
+        pipe.embedder.warmup()
+        self.metrics.model_load.labels("embedder").set(time.perf_counter() - t0)
+        if pipe.reranker is not None:
+            t0 = time.perf_counter()
+            pipe.reranker.warmup()
+            self.metrics.model_load.labels("reranker").set(time.perf_counter() - t0)
+        self._try_refresh()
+        if cfg.batching:
+            self._embed = MicroBatcher(
+                self._embed_batch,
+                name="embed",
+                max_cost=cfg.max_batch_size,
+                max_wait_s=cfg.max_wait_ms / 1000,
+                max_queue=max(cfg.queue_size * 4, 64),
+                pending=lambda: self._in_flight,
+                observe=self.metrics.observe_batch("embed"),
+            )
+            if pipe.reranker is not None:
+                self._rerank = MicroBatcher(
+                    self._rerank_batch,
+                    name="rerank",
+                    max_cost=cfg.rerank_max_batch_tokens,
+                    max_wait_s=cfg.max_wait_ms / 1000,
+                    max_queue=max(cfg.queue_size * 4, 64),
+                    pending=lambda: self._in_flight,
+                    observe=self.metrics.observe_batch("rerank"),
+                )
+        self._watcher = threading.Thread(target=self._watch, name="gl-serve-watch", daemon=True)
+        self._watcher.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        for b in (self._embed, self._rerank):
+            if b is not None:
+                b.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        """True once an index generation is loaded."""
+        return self.pipe.generation is not None
+
+    def _try_refresh(self) -> bool:
+        try:
+            switched = self.pipe.refresh()
+        except IndexNotFoundError as e:
+            self.last_reload_error = str(e)
+            return False
+        except Exception as e:  # keep serving the loaded generation
+            self.last_reload_error = f"{type(e).__name__}: {e}"
+            log.warning("could not load the committed index generation: %s", e)
+            return False
+        self.last_reload_error = None
+        if switched:
+            gen = self.pipe.generation
+            self.metrics.set_generation(gen)
+            self.metrics.generation_switches.inc()
+            log.info("serving index generation %s", gen)
+        return switched
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.config.reload_interval_s):
+            self._try_refresh()
+
+    # -- admission -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count a request in; refuse it (``Overloaded``) when ``queue_size`` are in already.
+
+        Only ever used on the event loop thread, so the counter needs no lock.
+        """
+        if self._in_flight >= self.config.queue_size:
+            self.metrics.rejected.inc()
+            raise Overloaded(
+                f"the server is at serve.queue_size = {self.config.queue_size} requests; "
+                "retry shortly",
+                retry_after_s=1.0,
+            )
+        self._in_flight += 1
+        self.metrics.in_flight.set(self._in_flight)
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.set(self._in_flight)
+
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` in the service's worker threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    # -- model calls (batched when batching is on) -----------------------------------------------
+
+    def _encode(self, kind: EmbedKind, texts: Sequence[str]) -> np.ndarray:
+        emb = self.pipe.embedder
+        if kind == "query":
+            return emb.embed_queries(list(texts))
+        if kind == "document":
+            return emb.embed_documents(list(texts))
+        return emb._encode(list(texts), show_progress=False)  # TEI: as given, no prefix
+
+    def _embed_batch(self, payloads: list[tuple[EmbedKind, list[str]]]) -> list[np.ndarray]:
+        out: list[Any] = [None] * len(payloads)
+        for kind in dict.fromkeys(k for k, _ in payloads):
+            idx = [i for i, (k, _) in enumerate(payloads) if k == kind]
+            texts = [t for i in idx for t in payloads[i][1]]
+            vecs = self._encode(kind, texts)
+            start = 0
+            for i in idx:
+                n = len(payloads[i][1])
+                out[i] = vecs[start : start + n]
+                start += n
+        return out
+
+    async def embed(self, kind: EmbedKind, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` (merged with other requests' texts when batching is on)."""
+        if self._embed is not None:
+            return await self._embed.submit((kind, list(texts)), cost=len(texts))
+        return await self.run(self._encode, kind, texts)
+
+    def _rerank_batch(self, payloads: list[list[tuple[str, str]]]) -> list[list[float]]:
+        reranker = self.pipe.reranker
+        if reranker is None:
+            raise GLRetrievalError("no reranker is configured")
+        flat = reranker.score_pairs([p for pairs in payloads for p in pairs])
+        out, start = [], 0
+        for pairs in payloads:
+            out.append(flat[start : start + len(pairs)])
+            start += len(pairs)
+        return out
+
+    async def score_pairs(
+        self, pairs: list[tuple[str, str]], *, tokens: int | None = None
+    ) -> list[float]:
+        """Cross-encoder scores of ``pairs`` (merged with other requests' pairs, up to the
+        token budget, when batching is on)."""
+        if not pairs:
+            return []
+        if self._rerank is not None:
+            cost = tokens if tokens is not None else len(pairs) * 64
+            return await self._rerank.submit(pairs, cost=cost)
+        reranker = self.pipe.reranker
+        if reranker is None:
+            raise GLRetrievalError("no reranker is configured")
+        return await self.run(reranker.score_pairs, pairs)
+
+    # -- retrieval -------------------------------------------------------------------------------
+
+    def _first_stage(
+        self, query: str, vec: Any, filters: Any, top_k: int | None
+    ) -> tuple[list[RankedNode], list[tuple[str, str]], int]:
+        cands = self.pipe.retrieve_candidates(query, embedding=vec, filters=filters, top_k=top_k)
+        reranker = self.pipe.reranker
+        if reranker is None:
+            return cands, [], 0
+        pairs = [(query, p) for p in reranker.passages(cands)]
+        tokens = sum(reranker.count_pair_tokens(pairs)) if self._rerank is not None else 0
+        return cands, pairs, tokens
+
+    async def retrieve_many(
+        self,
+        queries: Sequence[str],
+        *,
+        filters: Any = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+    ) -> list[list[RankedNode]]:
+        """Retrieve and rerank each query, as ``pipe.retrieve_batch`` does, through the
+        batchers."""
+        if not self.ready:
+            self._try_refresh()
+            if not self.ready:
+                raise IndexNotFoundError(self.last_reload_error or "no index is loaded yet")
+        parsed = parse_filters(filters)
+        if top_n is not None and top_n <= 0:
+            raise ValueError(f"top_n must be > 0, but got {top_n}")
+        for q in queries:
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(f"query must be a non-empty string, but got {q!r}")
+        vecs: list[Any] = [None] * len(queries)
+        if self.pipe.needs_query_embedding:
+            vecs = list(await self.embed("query", queries))
+        staged = await asyncio.gather(
+            *(
+                self.run(self._first_stage, q, v, parsed, top_k)
+                for q, v in zip(queries, vecs, strict=True)
+            )
+        )
+        if self.pipe.reranker is None:
+            return [self.pipe.rank_candidates(c, top_n=top_n) for c, _, _ in staged]
+        pairs = [p for _, ps, _ in staged for p in ps]
+        scores = await self.score_pairs(pairs, tokens=sum(t for _, _, t in staged) or None)
+        out, start = [], 0
+        for cands, ps, _ in staged:
+            s = scores[start : start + len(ps)]
+            start += len(ps)
+            out.append(self.pipe.rank_candidates(cands, scores=s, top_n=top_n))
+        return out
+
+    # -- index jobs ------------------------------------------------------------------------------
+
+    def start_index_job(self, *, prune: bool = False) -> IndexJob:
+        """Start an incremental ``index`` of the configured sources in a background thread.
+
+        Raises:
+            JobRunning: one is running already.
+        """
+        with self._job_lock:
+            running = [j for j in self._jobs.values() if j.state == "running"]
+            if running:
+                raise JobRunning(f"index job {running[0].id} is still running")
+            job = IndexJob(id=uuid.uuid4().hex[:12], prune=prune)
+            self._jobs[job.id] = job
+        threading.Thread(target=self._run_job, args=(job,), daemon=True).start()
+        return job
+
+    def _run_job(self, job: IndexJob) -> None:
+        try:
+            summary = self.pipe.index(prune=job.prune)
+            job.summary = summary.to_dict()
+            job.state = "succeeded"
+        except Exception as e:
+            job.error = (
+                f"{type(e).__name__}: {e}" if not isinstance(e, GLRetrievalError) else str(e)
+            )
+            job.state = "failed"
+        finally:
+            job.finished_at = time.time()
+            self._try_refresh()
+
+    def job(self, job_id: str) -> IndexJob | None:
+        return self._jobs.get(job_id)
