@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from gl_retrieval._deps import require
 from gl_retrieval.errors import ModelLoadError
+from gl_retrieval.models import apply_quiet
 
 __all__ = ["build_export", "describe_embedder", "describe_reranker"]
 
@@ -100,6 +102,7 @@ def build_export(
     """Export ``spec`` from the transformer at ``tdir`` into ``out``; return facts for meta.json."""
     torch = require("torch")
     transformers = require("transformers")
+    apply_quiet()
     tok = transformers.AutoTokenizer.from_pretrained(str(tdir))
     if not tok.is_fast:
         raise ModelLoadError(f"{spec.model!r} has no fast tokenizer: onnx/openvino need one")
@@ -155,7 +158,8 @@ def build_export(
     out_name = "last_hidden_state" if spec.kind == "embedder" else "logits"
     axes = {n: {0: "batch", 1: "sequence"} for n in order}
     axes[out_name] = {0: "batch", 1: "sequence"} if spec.kind == "embedder" else {0: "batch"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about constant-folded shape checks
         torch.onnx.export(
             _Wrapper(model),
             args,

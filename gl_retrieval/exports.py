@@ -32,20 +32,26 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gl_retrieval._deps import require
 from gl_retrieval.errors import ModelLoadError
 from gl_retrieval.models import resolve_model_path
 
+if TYPE_CHECKING:
+    from gl_retrieval.config import PipelineConfig
+
 __all__ = [
     "EXPORT_FORMAT",
     "ExportSpec",
+    "configured_exports",
     "ensure_export",
     "exports_dir",
     "find_export",
     "list_exports",
     "model_file",
+    "read_meta",
+    "spec_dict",
 ]
 
 EXPORT_FORMAT = 1
@@ -82,6 +88,18 @@ class ExportSpec:
     def weights(self) -> str:
         """What the exported file holds: ``int8`` or ``fp32`` (auto precision is a runtime hint)."""
         return "int8" if self.quantization == "int8" else "fp32"
+
+
+def configured_exports(cfg: PipelineConfig) -> list[ExportSpec]:
+    """The exports a config's embedder and reranker need (none for torch or Ollama)."""
+    out = []
+    emb = cfg.embedder
+    if emb.provider == "huggingface" and emb.backend != "torch":
+        out.append(ExportSpec(emb.model, "embedder", emb.backend, emb.quantization, emb.revision))
+    rr = cfg.reranker
+    if rr is not None and rr.backend != "torch":
+        out.append(ExportSpec(rr.model, "reranker", rr.backend, rr.quantization, rr.revision))
+    return out
 
 
 def _versions(backend: str) -> dict[str, str]:
@@ -274,4 +292,5 @@ def read_meta(export: Path) -> dict[str, Any]:
 
 
 def spec_dict(spec: ExportSpec) -> dict[str, Any]:
+    """``spec`` as JSON-able data."""
     return asdict(spec)

@@ -18,7 +18,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from gl_retrieval._deps import require
 from gl_retrieval.devices import resolve_device
 from gl_retrieval.embedders.base import GLEmbedding
-from gl_retrieval.models import model_load_error, resolve_model_path
+from gl_retrieval.models import apply_quiet, model_load_error, resolve_model_path
 from gl_retrieval.runtimes import apply_torch_threads
 
 __all__ = ["SentenceTransformerEmbedder", "load_sentence_transformer"]
@@ -41,6 +41,7 @@ def load_sentence_transformer(
         ModelLoadError: the model is not cached and the hub is unreachable, or the path is bad.
     """
     st = require("sentence_transformers", package="sentence-transformers")
+    apply_quiet()
     if threads is not None:
         apply_torch_threads(threads)
     path = resolve_model_path(model, revision=revision, role=role)

@@ -28,7 +28,7 @@ from gl_retrieval._deps import require
 from gl_retrieval.config import RerankerConfig
 from gl_retrieval.devices import resolve_device
 from gl_retrieval.errors import ModelLoadError
-from gl_retrieval.models import model_load_error, resolve_model_path
+from gl_retrieval.models import apply_quiet, model_load_error, resolve_model_path
 from gl_retrieval.retrieval.results import RankedNode
 
 __all__ = ["CrossEncoderReranker", "Scorer", "build_reranker"]
@@ -180,6 +180,7 @@ def _load_cross_encoder(
     threads: int | None = None,
 ) -> Scorer:
     st = require("sentence_transformers", package="sentence-transformers")
+    apply_quiet()
     if threads is not None:
         from gl_retrieval.runtimes import apply_torch_threads
 
