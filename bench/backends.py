@@ -55,7 +55,7 @@ BACKENDS = [
     ("openvino-int8", "openvino", "int8"),
 ]
 MINILM = "packaged:all-MiniLM-L6-v2"
-RESULTS = ROOT / "bench" / "results" / "backends.json"
+RESULTS = ROOT / "bench" / "results" / os.environ.get("GL_BENCH_OUT", "backends.json")
 OUT: dict[str, Any] = {}
 
 
@@ -127,9 +127,11 @@ def scifact_subset(n_docs: int) -> list[tuple[str, str]]:
 def bench_biencoder(args: argparse.Namespace) -> None:
     print(f"\n## bi-encoder ({load()})", flush=True)
     ingest_docs = [t for _, t in corpus("scifact")[: args.ingest_docs]]
-    sets = {"scifact": scifact_subset(args.scifact_docs)}
+    wanted = args.ndcg_datasets.split(",")
+    sets = {"scifact": scifact_subset(args.scifact_docs)} if "scifact" in wanted else {}
     for name in ("cisi", "cranfield"):
-        sets[name] = [r for r in corpus(name) if r[1]]
+        if name in wanted:
+            sets[name] = [r for r in corpus(name) if r[1]]
     qsets = {name: queries(name) for name in sets}
     rows: dict[str, dict[str, Any]] = {}
     torch_docs: dict[str, np.ndarray] = {}
@@ -326,7 +328,7 @@ def bench_cold(args: argparse.Namespace, work: Path) -> None:
     with open(src, "w", encoding="utf-8") as f:
         # 5k SciFact docs, first sentence of each: the cold path loads the index, not the text.
         for d, t in corpus("scifact")[: args.cold_docs]:
-            f.write(json.dumps({"_id": d, "title": "", "text": t[:160]}) + "\n")
+            f.write(json.dumps({"_id": d, "title": "", "text": t[: args.cold_chars]}) + "\n")
     index_dir = work / "cold-index"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GL_RETRIEVAL_CACHE": str(work / "cache")}
     base = {
@@ -442,6 +444,39 @@ def bench_threads(args: argparse.Namespace, work: Path) -> None:
         save()
 
 
+def table(out: dict[str, Any]) -> str:
+    """The issue's table (columns torch, onnx, onnx-int8, openvino, openvino-int8) as markdown."""
+    cols = [label for label, _, _ in BACKENDS]
+    lines = ["| row | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+
+    def row(name: str, cells: dict[str, Any], key: str, fmt: str = "{}") -> None:
+        vals = [fmt.format(cells[c][key]) if c in cells and key in cells[c] else "–" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(vals) + " |")
+
+    bi = out.get("biencoder", {})
+    if bi:
+        meta = out.get("biencoder_meta", {})
+        n = meta.get("ingest_docs", "?")
+        row(f"bi-encoder ingest, docs/s ({n} SciFact docs)", bi, "ingest_docs_per_s")
+        row("bi-encoder ingest speedup", bi, "ingest_speedup", "{}×")
+        row("bi-encoder single-query p50, ms", bi, "query_p50_ms")
+        for ds in ("scifact", "cisi", "cranfield"):
+            row(f"dense nDCG@10 {ds}", bi, f"ndcg_{ds}")
+            row(f"dense nDCG@10 {ds}, torch fp32 docs", bi, f"ndcg_{ds}_fp32_docs")
+    for size, cells in out.get("rerank", {}).items():
+        row(f"rerank {size}: p50 ms (20 pairs × ~256 tok)", cells, "p50_ms")
+        row(f"rerank {size}: p90 ms", cells, "p90_ms")
+        row(f"rerank {size}: speedup (p50)", cells, "speedup", "{}×")
+        row(f"rerank {size}: export s", cells, "export_s")
+        row(f"rerank {size}: load s", cells, "load_s")
+    if "fidelity" in out:
+        row("rerank fidelity: Spearman vs torch fp32", out["fidelity"], "spearman")
+    if "cold" in out:
+        row("cold `gl-retrieval query`, median s", out["cold"], "median_s")
+        row("cold query, ratio to torch", out["cold"], "ratio", "{}×")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sections", default="biencoder,rerank,fidelity,cold,threads")
@@ -458,13 +493,19 @@ def main() -> None:
     ap.add_argument("--cold-docs", type=int, default=5000)
     ap.add_argument("--cold-reps", type=int, default=3)
     ap.add_argument("--skip-ndcg", action="store_true")
+    ap.add_argument("--ndcg-datasets", default="scifact,cisi,cranfield")
+    ap.add_argument("--cold-chars", type=int, default=160, help="text per cold-index doc")
     ap.add_argument(
         "--ndcg-backends",
         default="torch,onnx,onnx-int8,openvino,openvino-int8",
         help="which backends get the nDCG rows (fp32 exports match torch to 1e-5)",
     )
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--table", action="store_true", help="print the table from the last results")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="gl-backends-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["GL_RETRIEVAL_CACHE"] = str(work / "cache")
@@ -495,6 +536,7 @@ def main() -> None:
         bench_threads(args, work)
     OUT["meta"]["end"] = load()
     save()
+    print(table(OUT))
     print(f"\nwrote {RESULTS} ({load()})")
 
 

@@ -391,3 +391,7 @@ def main() -> None:
     except GLRetrievalError as e:  # raised outside a command body (should not happen)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -254,9 +254,9 @@ def test_threads_reach_each_runtime(tiny_cross_encoder: Path, export_cache: Path
     ov = load_runner(
         "openvino",
         model_file(ensure_export(ExportSpec(str(tiny_cross_encoder), "reranker", "openvino"))),
-        threads=3,
+        threads=1,  # OpenVINO caps the setting at the core count; 1 differs from its default
     )
-    assert int(ov.compiled.get_property("INFERENCE_NUM_THREADS")) == 3
+    assert int(ov.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
     before = torch.get_num_threads()
     try:
         _scorer(tiny_cross_encoder, "torch", threads=2)
