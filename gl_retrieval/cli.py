@@ -6,13 +6,14 @@ commands that print results accept ``--json``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from typing import cast as typing_cast
@@ -230,6 +231,22 @@ def _checked(
     return cfg
 
 
+@contextlib.contextmanager
+def _library_warnings() -> Iterator[None]:
+    """Show the library's warnings (a capped chunk_size, a mixed-backend notice) on stderr."""
+    import logging
+
+    warn = logging.StreamHandler(sys.stderr)
+    warn.setLevel(logging.WARNING)
+    warn.setFormatter(logging.Formatter("warning: %(message)s"))
+    lib_log = logging.getLogger("gl_retrieval")
+    lib_log.addHandler(warn)
+    try:
+        yield
+    finally:
+        lib_log.removeHandler(warn)
+
+
 def _pipeline(config: Path | PipelineConfig) -> Any:
     from gl_retrieval.pipeline import RetrievalPipeline
 
@@ -322,19 +339,9 @@ def index(
     Only the result (the summary line, or the JSON) goes to stdout; progress, warnings and the
     names of skipped documents go to stderr.
     """
-    import logging
-
     pipe = _pipeline(_checked(config, sources=True))
-    # The library logs its warnings (e.g. a capped chunk_size); show each once, on stderr.
-    warn = logging.StreamHandler(sys.stderr)
-    warn.setLevel(logging.WARNING)
-    warn.setFormatter(logging.Formatter("warning: %(message)s"))
-    lib_log = logging.getLogger("gl_retrieval")
-    lib_log.addHandler(warn)
-    try:
+    with _library_warnings():
         summary = pipe.index(rebuild=rebuild, prune=prune, show_progress=not as_json)
-    finally:
-        lib_log.removeHandler(warn)
     for s in summary.skipped:
         typer.echo(f"skipped: {s.name}: {s.reason}", err=True)
     if as_json:
@@ -374,7 +381,8 @@ def query(
     check_query(text)  # a bad query or filter fails before any model loads
     parsed = parse_filters(filters or None)
     pipe = _pipeline(_checked(config))
-    results = pipe.retrieve(text, top_k=top_k, top_n=top_n, filters=parsed)
+    with _library_warnings():
+        results = pipe.retrieve(text, top_k=top_k, top_n=top_n, filters=parsed)
     if as_json:
         payload: dict[str, Any] = {"query": text}
         if filters:
@@ -614,7 +622,7 @@ def serve(
 # -- models ---------------------------------------------------------------------------------------
 
 models_app = typer.Typer(
-    help="Fetch the models a config names into the Hugging Face cache, for offline use.",
+    help="Fetch the models a config names (and build their exports), for offline use.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -624,15 +632,19 @@ app.add_typer(models_app, name="models")
 @models_app.command("pull")
 @handle_errors
 def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
-    """Download the config's hub models (embedder, reranker) into the Hugging Face cache.
+    """Download the config's hub models (embedder, reranker) and build their exports.
 
     Honours HF_HOME / HF_HUB_CACHE. Ollama models print the `ollama pull` command to run;
-    packaged and local models need nothing.
+    packaged and local models need nothing. With `backend: onnx` or `openvino`, the export is
+    built once into $GL_RETRIEVAL_CACHE/exports (default ~/.cache/gl_retrieval/exports), so
+    later processes, offline, load it without torch.
     """
+    from gl_retrieval.exports import configured_exports, ensure_export, exports_dir, spec_dict
     from gl_retrieval.models import configured_models, hf_cache_dir, pull_model
 
+    cfg = load_config(config)
     reports, failures = [], []
-    for ref in configured_models(load_config(config)):
+    for ref in configured_models(cfg):
         try:  # every model is tried: a failing embedder must not hide the reranker
             report = pull_model(ref, log=lambda line: typer.echo(line, err=True))
         except GLRetrievalError as e:
@@ -642,10 +654,42 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
         reports.append(report)
         if not as_json:
             typer.echo(report.line())
+    exports = []
+    for spec in configured_exports(cfg):
+        quiet_model_loading()
+        path = ensure_export(spec, log=lambda line: typer.echo(line, err=True))
+        exports.append({**spec_dict(spec), "path": str(path)})
+        if not as_json:
+            typer.echo(f"{spec.kind}: {spec.model} -> {spec.backend} {spec.weights}: {path}")
     if as_json:
-        _print_json({"cache": str(hf_cache_dir()), "models": [r.to_dict() for r in reports]})
+        _print_json(
+            {
+                "cache": str(hf_cache_dir()),
+                "models": [r.to_dict() for r in reports],
+                "exports_cache": str(exports_dir()),
+                "exports": exports,
+            }
+        )
     if failures:
         raise typer.Exit(max(exit_code_for(e) for e in failures))
+
+
+@models_app.command("list")
+@handle_errors
+def models_list(as_json: JsonOpt = False) -> None:
+    """Show the cached onnx/openvino exports (built by `models pull` or on first use)."""
+    from gl_retrieval.exports import exports_dir, list_exports
+
+    rows = list_exports()
+    if as_json:
+        _print_json({"exports_cache": str(exports_dir()), "exports": rows})
+        return
+    typer.echo(f"exports in {exports_dir()}:" if rows else f"no exports in {exports_dir()}")
+    for r in rows:
+        typer.echo(
+            f"  {r.get('kind', '?'):<8} {r.get('backend', '?'):<8} {r.get('weights', '?'):<4} "
+            f"{r['bytes'] / 1e6:7.1f} MB  {r.get('model', '?')}  ({r.get('created_at', '?')})"
+        )
 
 
 def main() -> None:

@@ -41,12 +41,45 @@ __all__ = [
     "PostgresStorageConfig",
     "RerankerConfig",
     "RetrieverConfig",
+    "RuntimeConfig",
     "ServeConfig",
     "SourceConfig",
     "load_config",
 ]
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
+Backend = Literal["torch", "onnx", "openvino"]
+Quantization = Literal["auto", "none", "int8"]
+
+_BACKEND_DOC = (
+    "torch (sentence-transformers), or an export run by onnx (onnxruntime) or openvino on the "
+    "CPU; exports are built once and cached (`gl-retrieval models pull`), and a query path with "
+    "no torch backend never imports torch. Needs the [onnx] / [openvino] extra."
+)
+_QUANT_DOC = (
+    "auto: fp32 for torch (fp16 on CUDA) and onnx, OpenVINO's default precision for openvino "
+    "(bf16 on CPUs with bf16 units); none: fp32; int8: int8 weights (onnx, openvino only)."
+)
+
+
+class _BackendMixin:
+    """Shared check: int8 and a GPU device need the right backend."""
+
+    def _check_backend(self, section: str) -> None:
+        backend = self.backend  # type: ignore[attr-defined]
+        if self.quantization == "int8" and backend == "torch":  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{section}.quantization 'int8' needs backend 'onnx' or 'openvino', "
+                "but backend is 'torch'"
+            )
+        device = self.device  # type: ignore[attr-defined]
+        if backend != "torch" and device not in ("auto", "cpu"):
+            raise ValueError(
+                f"{section}.backend {backend!r} runs on the CPU, but device is {device!r}: "
+                "use device 'cpu' (or 'auto'), or backend 'torch' for the GPU"
+            )
+
+
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
@@ -70,7 +103,7 @@ class _EmbedderCommon(_Strict):
     normalize: bool = Field(default=True, description="Unit-length vectors (cosine similarity).")
 
 
-class HuggingFaceEmbedderConfig(_EmbedderCommon):
+class HuggingFaceEmbedderConfig(_EmbedderCommon, _BackendMixin):
     """A sentence-transformers bi-encoder from the hub, a local directory or a packaged model."""
 
     provider: Literal["huggingface"] = Field(
@@ -90,6 +123,13 @@ class HuggingFaceEmbedderConfig(_EmbedderCommon):
         le=limits.MAX_TOKENS,
         description="Max tokens per input; default: the model's own.",
     )
+    backend: Backend = Field(default="torch", description=_BACKEND_DOC)
+    quantization: Quantization = Field(default="auto", description=_QUANT_DOC)
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> HuggingFaceEmbedderConfig:
+        self._check_backend("embedder")
+        return self
 
 
 class OllamaEmbedderConfig(_EmbedderCommon):
@@ -138,7 +178,7 @@ EmbedderConfig = Annotated[
 ]
 
 
-class RerankerConfig(_Strict):
+class RerankerConfig(_Strict, _BackendMixin):
     """Cross-encoder second stage: reorders the retrieved candidates down to ``top_n``."""
 
     model: str = Field(
@@ -158,6 +198,31 @@ class RerankerConfig(_Strict):
         description="Max tokens per query+passage pair; longer ones are cut.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+    backend: Backend = Field(default="torch", description=_BACKEND_DOC)
+    quantization: Quantization = Field(default="auto", description=_QUANT_DOC)
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> RerankerConfig:
+        self._check_backend("reranker")
+        return self
+
+
+class RuntimeConfig(_Strict):
+    """Process-wide runtime settings, for torch, onnxruntime and OpenVINO alike."""
+
+    threads: int | Literal["auto"] = Field(
+        default="auto",
+        description="Intra-op threads of every model runtime. auto: half the cores, divided by "
+        "the worker processes, clamped to 1..4 (see docs/performance.md: oversubscribing a "
+        "shared CPU costs 10x more than an idle core).",
+    )
+
+    @field_validator("threads")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError(f"threads must be 'auto' or 1..256, but got {value}")
+        return value
 
 
 class RetrieverConfig(_Strict):
@@ -407,6 +472,9 @@ class PipelineConfig(_Strict):
     )
     llm: OllamaLLMConfig | None = Field(
         default=None, description="Optional answer writer; none: retrieval only, no LLM calls."
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="Threads for torch, onnxruntime and OpenVINO."
     )
     serve: ServeConfig | None = Field(
         default=None, description="Optional settings of `gl-retrieval serve`; none: defaults."

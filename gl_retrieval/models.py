@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "STAND_IN_RERANKER",
     "ModelRef",
     "PullReport",
+    "apply_quiet",
     "cached_snapshot",
     "configured_models",
     "hf_cache_dir",
@@ -435,12 +437,28 @@ def pull_models(
     return [pull_model(ref, log=log) for ref in configured_models(cfg)]
 
 
+_quiet = False
+
+
 def quiet_model_loading() -> None:
     """Silence transformers' per-load progress bars and advisory logs for the whole process.
 
     For programs that own their process (the CLI, the examples). Library loads are quiet
     anyway (:func:`quiet_model_loads`); this also quiets transformers' messages outside them.
+    transformers is not imported for this (an onnx/openvino query path never loads it): the
+    setting is applied when a torch model loads (:func:`apply_quiet`), or now if transformers
+    is already loaded.
     """
+    global _quiet
+    _quiet = True
+    if "transformers" in sys.modules:
+        apply_quiet()
+
+
+def apply_quiet() -> None:
+    """Apply :func:`quiet_model_loading` to transformers (called by the torch model loaders)."""
+    if not _quiet:
+        return
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:

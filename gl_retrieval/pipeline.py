@@ -206,13 +206,17 @@ class RetrievalPipeline:
     @property
     def embedder(self) -> GLEmbedding:
         if self._embedder is None:
-            self._embedder = get_embedder(self._config.embedder)
+            self._embedder = get_embedder(
+                self._config.embedder, threads=self._config.runtime.threads
+            )
         return self._embedder
 
     @property
     def reranker(self) -> CrossEncoderReranker | None:
         if self._reranker is None and self._config.reranker is not None:
-            self._reranker = build_reranker(self._config.reranker)
+            self._reranker = build_reranker(
+                self._config.reranker, threads=self._config.runtime.threads
+            )
         return self._reranker
 
     @property

@@ -30,14 +30,31 @@ def _prefixes(cfg: EmbedderConfig) -> Prefixes:
     )
 
 
-def _build_huggingface(cfg: HuggingFaceEmbedderConfig) -> GLEmbedding:
+def _build_huggingface(cfg: HuggingFaceEmbedderConfig, *, threads: int) -> GLEmbedding:
+    p = _prefixes(cfg)
+    if cfg.backend != "torch":
+        # Not embedders.huggingface: that module imports nothing heavy, but its loader is torch.
+        from gl_retrieval.embedders.exported import ExportedEmbedder
+
+        return ExportedEmbedder(
+            model=cfg.model,
+            revision=cfg.revision,
+            backend=cfg.backend,
+            quantization=cfg.quantization,
+            threads=threads,
+            max_length=cfg.max_length,
+            batch_size=cfg.batch_size,
+            normalize=cfg.normalize,
+            query_prefix=p.query,
+            document_prefix=p.document,
+        )
     from gl_retrieval.embedders.huggingface import SentenceTransformerEmbedder
 
-    p = _prefixes(cfg)
     return SentenceTransformerEmbedder(
         model=cfg.model,
         revision=cfg.revision,
         device=cfg.device,
+        threads=threads,
         max_length=cfg.max_length,
         batch_size=cfg.batch_size,
         normalize=cfg.normalize,
@@ -46,7 +63,7 @@ def _build_huggingface(cfg: HuggingFaceEmbedderConfig) -> GLEmbedding:
     )
 
 
-def _build_ollama(cfg: OllamaEmbedderConfig) -> GLEmbedding:
+def _build_ollama(cfg: OllamaEmbedderConfig, *, threads: int) -> GLEmbedding:
     from gl_retrieval.embedders.ollama import OllamaEmbedder
 
     p = _prefixes(cfg)
@@ -74,19 +91,29 @@ _cache: dict[str, GLEmbedding] = {}
 _cache_lock = threading.Lock()
 
 
-def build_embedder(cfg: EmbedderConfig) -> GLEmbedding:
-    """Build a new (not yet loaded) embedder for ``cfg``."""
-    return PROVIDERS[cfg.provider](cfg)
+def build_embedder(cfg: EmbedderConfig, *, threads: int | str | None = None) -> GLEmbedding:
+    """Build a new (not yet loaded) embedder for ``cfg``.
+
+    Args:
+        cfg: The ``embedder`` config section.
+        threads: Intra-op threads of the model runtime; default: ``runtime.threads``' default.
+    """
+    from gl_retrieval.runtimes import resolve_threads
+
+    return PROVIDERS[cfg.provider](cfg, threads=resolve_threads(threads))
 
 
-def get_embedder(cfg: EmbedderConfig) -> GLEmbedding:
+def get_embedder(cfg: EmbedderConfig, *, threads: int | str | None = None) -> GLEmbedding:
     """Return the process-wide embedder for ``cfg``, building it on first use.
 
-    Two pipelines with the same embedder config share one loaded model.
+    Two pipelines with the same embedder config (and threads) share one loaded model.
     """
-    key = cfg.model_dump_json()
+    from gl_retrieval.runtimes import resolve_threads
+
+    n = resolve_threads(threads)
+    key = f"{cfg.model_dump_json()}|{n}"
     with _cache_lock:
         emb = _cache.get(key)
         if emb is None:
-            emb = _cache[key] = build_embedder(cfg)
+            emb = _cache[key] = build_embedder(cfg, threads=n)
         return emb

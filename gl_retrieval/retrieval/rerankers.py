@@ -9,15 +9,23 @@ A **stand-in** model (``packaged:stand-in-cross-encoder``, or any directory that
 :func:`gl_retrieval.testing.make_tiny_cross_encoder` marked) has random weights: it is scored
 (the loading and scoring path runs), but the results keep their retrieval order and score and
 say so (``rerank_stand_in=True``), rather than being sorted by noise and called "reranked".
+
+``backend: onnx`` / ``openvino`` score with a cached export of the same model instead
+(:mod:`gl_retrieval.exports`), torch-free: the same tokenizer, the same pair truncation
+(``longest_first`` to ``max_length``) and the same activation as ``CrossEncoder.predict``. Every
+backend sorts the pairs by length before batching (less padding) and warns once per model when
+a pair is longer than ``max_length`` and gets cut.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
@@ -28,6 +36,7 @@ from gl_retrieval.devices import resolve_device
 from gl_retrieval.errors import ModelLoadError
 from gl_retrieval.models import (
     STAND_IN_RERANKER,
+    apply_quiet,
     model_load_error,
     quiet_model_loads,
     resolve_model_path,
@@ -35,6 +44,8 @@ from gl_retrieval.models import (
 from gl_retrieval.retrieval.results import RankedNode
 
 __all__ = ["CrossEncoderReranker", "Scorer", "build_reranker"]
+
+log = logging.getLogger("gl_retrieval")
 
 #: ``(query, passages) -> scores``: what a reranker needs from a model (tests inject fakes).
 Scorer = Callable[[str, Sequence[str]], Sequence[float]]
@@ -54,6 +65,9 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     batch_size: int = Field(default=32, gt=0)
     max_length: int | None = 512
     revision: str | None = None
+    backend: str = "torch"
+    quantization: str = "auto"
+    threads: int | None = None
 
     _scorer: Scorer | None = PrivateAttr(default=None)
     _stand_in: bool | None = PrivateAttr(default=None)
@@ -81,6 +95,9 @@ class CrossEncoderReranker(BaseNodePostprocessor):
                         batch_size=self.batch_size,
                         max_length=self.max_length,
                         revision=self.revision,
+                        backend=self.backend,
+                        quantization=self.quantization,
+                        threads=self.threads,
                     )
         return self._scorer
 
@@ -198,27 +215,60 @@ _scorers: dict[tuple[Any, ...], Scorer] = {}
 _scorers_lock = threading.Lock()
 
 
-def _shared_scorer(
-    model: str, *, device: str, batch_size: int, max_length: int | None, revision: str | None
-) -> Scorer:
-    """Load a CrossEncoder once per process and settings; every reranker using it shares it."""
-    key = (model, device, batch_size, max_length, revision)
+def _shared_scorer(model: str, **settings: Any) -> Scorer:
+    """Load a cross-encoder once per process and settings; every reranker using it shares it."""
+    key = (model, *sorted(settings.items()))
     with _scorers_lock:
         if key not in _scorers:
-            _scorers[key] = _load_cross_encoder(
-                model,
-                device=device,
-                batch_size=batch_size,
-                max_length=max_length,
-                revision=revision,
-            )
+            if settings["backend"] == "torch":
+                settings.pop("backend")
+                settings.pop("quantization")
+                _scorers[key] = _load_cross_encoder(model, **settings)
+            else:
+                settings.pop("device")
+                _scorers[key] = _load_exported_cross_encoder(model, **settings)
         return _scorers[key]
 
 
+class _TruncationNotice:
+    """Warns once per model when pairs are longer than ``max_length`` and get cut."""
+
+    def __init__(self, model: str, max_length: int | None) -> None:
+        self._model, self._max, self._done = model, max_length, False
+
+    def check(self, lengths: Sequence[int]) -> None:
+        if self._done or self._max is None:
+            return
+        over = sum(1 for n in lengths if n > self._max)
+        if over:
+            self._done = True
+            log.warning(
+                "reranker %s: %d of %d query+passage pairs are longer than max_length=%d tokens "
+                "and were truncated (longest %d); raise reranker.max_length or use shorter "
+                "chunks (warned once)",
+                self._model,
+                over,
+                len(lengths),
+                self._max,
+                max(lengths),
+            )
+
+
 def _load_cross_encoder(
-    model: str, *, device: str, batch_size: int, max_length: int | None, revision: str | None
+    model: str,
+    *,
+    device: str,
+    batch_size: int,
+    max_length: int | None,
+    revision: str | None,
+    threads: int | None = None,
 ) -> Scorer:
     st = require("sentence_transformers", package="sentence-transformers")
+    apply_quiet()
+    if threads is not None:
+        from gl_retrieval.runtimes import apply_torch_threads
+
+        apply_torch_threads(threads)
     dev = resolve_device(device)
     path = resolve_model_path(model, revision=revision, role="reranker")
     try:
@@ -240,17 +290,22 @@ def _load_cross_encoder(
         )
     if dev == "cuda":
         ce.model.half()
-
-    def predict_pairs(pairs: list[tuple[str, str]]) -> Sequence[float]:
-        return ce.predict(pairs, batch_size=batch_size, show_progress_bar=False)
-
-    def score(query: str, passages: Sequence[str]) -> Sequence[float]:
-        return predict_pairs([(query, p) for p in passages])
+    notice = _TruncationNotice(model, max_length)
 
     # A fast tokenizer is not safe to call from two threads at once (its truncation state is
     # shared), so pairs are measured with a copy of it, under a lock of its own.
     counting = copy.deepcopy(ce.tokenizer)
     counting_lock = threading.Lock()
+
+    def predict_pairs(pairs: list[tuple[str, str]]) -> Sequence[float]:
+        with counting_lock:
+            enc = counting([q for q, _ in pairs], [p for _, p in pairs], verbose=False)
+        notice.check([len(ids) for ids in enc["input_ids"]])
+        # CrossEncoder.predict sorts the pairs by length itself before batching.
+        return ce.predict(pairs, batch_size=batch_size, show_progress_bar=False)
+
+    def score(query: str, passages: Sequence[str]) -> Sequence[float]:
+        return predict_pairs([(query, p) for p in passages])
 
     def count_tokens(pairs: Sequence[tuple[str, str]]) -> list[int]:
         with counting_lock:
@@ -268,11 +323,78 @@ def _load_cross_encoder(
     return score
 
 
-def build_reranker(cfg: RerankerConfig, *, scorer: Scorer | None = None) -> CrossEncoderReranker:
+def _load_exported_cross_encoder(
+    model: str,
+    *,
+    batch_size: int,
+    max_length: int | None,
+    revision: str | None,
+    backend: str,
+    quantization: str,
+    threads: int | None,
+) -> Scorer:
+    from gl_retrieval.exports import ExportSpec, ensure_export, model_file, read_meta
+    from gl_retrieval.runtimes import FastTokenizer, load_runner, resolve_threads
+
+    spec = ExportSpec(
+        model=model,
+        kind="reranker",
+        backend=backend,  # type: ignore[arg-type]
+        quantization=quantization,  # type: ignore[arg-type]
+        revision=revision,
+    )
+    export = ensure_export(spec, log=log.info)
+    meta = read_meta(export)
+    if meta["num_labels"] != 1:
+        raise ModelLoadError(
+            f"reranker model {model!r} has {meta['num_labels']} output labels; a cross-encoder "
+            "reranker needs exactly 1 (a relevance score)"
+        )
+    tok = FastTokenizer(
+        export / "tokenizer.json", pad_id=meta["pad_id"], input_names=meta["input_names"]
+    )
+    run = load_runner(
+        backend, model_file(export), threads=resolve_threads(threads), quantization=quantization
+    )
+    limit = min(max_length or meta["model_max_length"], meta["model_max_length"])
+    notice = _TruncationNotice(model, limit)
+    sigmoid = meta["activation"] == "sigmoid"
+
+    def predict_pairs(pairs: list[tuple[str, str]]) -> Sequence[float]:
+        encs, cut = tok.encode(pairs, max_length=limit)
+        if any(cut):
+            notice.check([limit + 1 if c else len(e.ids) for e, c in zip(encs, cut, strict=True)])
+        order = np.argsort([-len(e.ids) for e in encs], kind="stable")
+        out = np.zeros(len(encs), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            logits = run(tok.feeds([encs[i] for i in idx])).astype(np.float32).reshape(len(idx))
+            out[idx] = logits
+        return 1.0 / (1.0 + np.exp(-out)) if sigmoid else out
+
+    def score(query: str, passages: Sequence[str]) -> Sequence[float]:
+        return predict_pairs([(query, p) for p in passages])
+
+    def count_tokens(pairs: Sequence[tuple[str, str]]) -> list[int]:
+        encs, _ = tok.encode(list(pairs), max_length=limit)
+        return [len(e.ids) for e in encs]
+
+    # What the serve batcher uses, as for the torch scorer.
+    score.predict_pairs = predict_pairs  # type: ignore[attr-defined]
+    score.count_tokens = count_tokens  # type: ignore[attr-defined]
+    return score
+
+
+def build_reranker(
+    cfg: RerankerConfig, *, scorer: Scorer | None = None, threads: int | str | None = None
+) -> CrossEncoderReranker:
     """A reranker for ``cfg``: cheap to build; the model loads once per process on first use.
 
     Args:
         cfg: The ``reranker`` config section.
         scorer: Replace the cross-encoder with any ``(query, passages) -> scores`` function.
+        threads: ``runtime.threads`` (an int, or ``auto``/None for the default).
     """
-    return CrossEncoderReranker(scorer=scorer, **cfg.model_dump())
+    from gl_retrieval.runtimes import resolve_threads
+
+    return CrossEncoderReranker(scorer=scorer, threads=resolve_threads(threads), **cfg.model_dump())

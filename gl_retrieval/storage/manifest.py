@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -22,6 +23,19 @@ MANIFEST_FORMAT = 1
 
 #: Embedder keys that change the vectors; any difference makes an index unusable.
 EMBEDDER_KEYS = ("provider", "model", "revision", "query_prefix", "document_prefix", "normalize")
+
+#: How the same model's vectors were computed (torch | onnx | openvino; fp32 | fp16 | bf16 |
+#: int8). Manifests from before backends existed mean torch, fp32.
+RUNTIME_KEYS = {"backend": "torch", "precision": "fp32"}
+
+#: Whether documents and queries of one model may come from different backends or precisions.
+#: Decided from measurement (bench/backends.py, docs/performance.md): fp32 documents with int8
+#: queries lost at most ALLOWED_NDCG_LOSS nDCG@10 on SciFact, CISI and Cranfield, within the
+#: 0.005 the issue set, so it is allowed, with a one-line notice.
+MIXED_RUNTIME_ALLOWED = True
+
+log = logging.getLogger("gl_retrieval")
+_noticed: set[tuple[str, str, str]] = set()
 
 
 def package_versions() -> dict[str, str]:
@@ -108,6 +122,29 @@ def check_compatible(
                 f"embedder.{key}: index has {_show(manifest.embedder[key])}, "
                 f"config has {_show(embedder[key])}"
             )
+    same_model = not diffs and "model" in embedder
+    runtime = [
+        (key, manifest.embedder.get(key, default), embedder[key])
+        for key, default in RUNTIME_KEYS.items()
+        if key in embedder and embedder[key] != manifest.embedder.get(key, default)
+    ]
+    if runtime and same_model and MIXED_RUNTIME_ALLOWED:
+        built = "/".join(str(old) for _, old, _ in runtime)
+        now = "/".join(str(new) for _, _, new in runtime)
+        if (where, built, now) not in _noticed:
+            _noticed.add((where, built, now))
+            log.warning(
+                "notice: the index at %s was embedded with %s and is queried with %s (same "
+                "model; measured nDCG@10 loss <= 0.005, see docs/performance.md)",
+                where,
+                built,
+                now,
+            )
+    elif runtime:
+        diffs += [
+            f"embedder.{k}: index has {_show(old)}, config has {_show(new)}"
+            for k, old, new in runtime
+        ]
     if chunking is not None:
         diffs.extend(chunking_differences(manifest, chunking))
     if diffs:
