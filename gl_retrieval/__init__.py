@@ -28,6 +28,8 @@ from gl_retrieval.errors import (
     OllamaError,
     SourceError,
     StorageError,
+    TrainingDataError,
+    TrainingError,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +56,8 @@ __all__ = [
     "RetrievalPipeline",
     "SourceError",
     "StorageError",
+    "TrainingDataError",
+    "TrainingError",
     "__version__",
     "load_config",
 ]
