@@ -53,7 +53,7 @@ def train_reranker(
     from gl_retrieval.devices import resolve_device
     from gl_retrieval.models import resolve_model_path
     from gl_retrieval.train.report import config_change, write_outputs
-    from gl_retrieval.train.trainer import (
+    from gl_retrieval.train.result import (
         CHECKPOINTS,
         MODEL_DIR,
         FinetuneResult,
