@@ -30,6 +30,8 @@ from gl_retrieval.errors import (
     QueryError,
     SourceError,
     StorageError,
+    TrainingDataError,
+    TrainingError,
 )
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ __all__ = [
     "RetrievalPipeline",
     "SourceError",
     "StorageError",
+    "TrainingDataError",
+    "TrainingError",
     "__version__",
     "load_config",
 ]

@@ -7,6 +7,8 @@ Tree::
 
     GLRetrievalError
     ├── ConfigError              a config file or value is invalid (names file, key, expectation)
+    │   └── TrainingError        a fine-tuning run was asked for wrongly (hyperparameter, --output)
+    │       └── TrainingDataError  training or dev data is malformed (unknown ids, duplicates)
     ├── MissingDependencyError   an optional package is not installed (names the extra to install)
     ├── ModelLoadError           a model could not be loaded (not cached, hub unreachable, bad path)
     ├── IndexMismatchError       the persisted index was built by a different embedder / chunking
@@ -38,6 +40,8 @@ __all__ = [
     "QueryError",
     "SourceError",
     "StorageError",
+    "TrainingDataError",
+    "TrainingError",
 ]
 
 
@@ -47,6 +51,16 @@ class GLRetrievalError(Exception):
 
 class ConfigError(GLRetrievalError, ValueError):
     """A config file or value is invalid."""
+
+
+class TrainingError(ConfigError):
+    """A fine-tuning run was asked for wrongly: a bad hyperparameter, a non-empty ``--output``
+    without ``--overwrite``, ``--resume`` with nothing to resume. (A usage error: exit code 2.)"""
+
+
+class TrainingDataError(TrainingError):
+    """Training or dev data is malformed: ids not in the index, empty or duplicate pairs, a dev
+    set that overlaps the training set."""
 
 
 class MissingDependencyError(GLRetrievalError, ImportError):

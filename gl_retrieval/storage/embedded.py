@@ -175,6 +175,20 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
                 rows = rows[self._allowed(None, None, filters, force=True)[rows]]
         return [self._node(int(r)) for r in rows]
 
+    def vectors(self, node_ids: Sequence[str]) -> np.ndarray:
+        """The stored vectors of ``node_ids``, in that order, as float32 ``(n, dim)``.
+
+        Raises:
+            KeyError: an id is not stored.
+        """
+        by_id = self._by_id()
+        rows = np.asarray([by_id[i] for i in node_ids], np.int64)
+        out = np.zeros((len(rows), self.dim or 0), np.float32)
+        if len(rows):
+            order = np.argsort(rows, kind="stable")
+            out[order] = np.concatenate(list(self._vectors.vectors_of(rows[order])))
+        return out
+
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
         """Top ``similarity_top_k`` nodes by similarity, after ``node_ids``, ``doc_ids`` and
         ``filters`` restricted the rows (a filter never starves the result).
