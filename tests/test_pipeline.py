@@ -140,6 +140,8 @@ def test_manifest_records_what_built_the_index(small_config: dict[str, Any]) -> 
         "normalize": True,
         "dimension": 384,
         "max_length": 256,
+        "backend": "torch",
+        "precision": "fp32",
     }
     assert info["chunking"]["chunk_size"] == 128
     assert info["chunking"]["chunk_overlap"] == 16

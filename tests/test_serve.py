@@ -104,6 +104,9 @@ def test_query_has_the_cli_json_shape_and_equals_in_process(served: Any) -> None
         "score",
         "retrieval_score",
         "rerank_score",
+        "retrieval_kind",
+        "score_kind",
+        "rerank_stand_in",
         "metadata",
     }
     _same(body["results"], local.retrieve(QUERIES[0], filters=["year>=2019"], top_n=3))
