@@ -81,5 +81,5 @@ def test_cli_ask_without_llm_is_one_line(small_config: dict[str, Any], tmp_path:
     cfg = tmp_path / "plain.yaml"
     cfg.write_text(yaml.safe_dump(small_config))
     r = CliRunner().invoke(app, ["ask", str(cfg), "q"])
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # the config lacks an llm section: bad config
     assert r.stderr.startswith("error: `ask` needs an LLM") and r.stderr.count("\n") == 1
