@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import huggingface_hub  # noqa: F401 - imported now: it freezes HF_HUB_OFFLINE when first imported
+import huggingface_hub.constants  # noqa: F401 - imported now: it freezes HF_HUB_OFFLINE when first imported
 import pytest
 import yaml
 from typer.testing import CliRunner
