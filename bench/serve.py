@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 SCIFACT = Path(os.environ.get("GL_SHARED_DATA", ROOT.parent / "shared" / "data")) / "scifact"
@@ -141,18 +143,14 @@ def run_server(kind: str, pipeline: str, port: int) -> None:
         return
     import uvicorn
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
     from gl_retrieval import RetrievalPipeline
 
     pipe = RetrievalPipeline(cfg).warmup()
     app = FastAPI()
 
-    class Q(BaseModel):
-        query: str
-
     @app.post("/v1/query")
-    def query(q: Q) -> Any:  # a sync route: Starlette runs it in its thread pool
+    def query(q: NaiveQuery) -> Any:  # a sync route: Starlette runs it in its thread pool
         return {"query": q.query, "results": [r.to_dict() for r in pipe.retrieve(q.query)]}
 
     @app.get("/readyz")
@@ -160,6 +158,10 @@ def run_server(kind: str, pipeline: str, port: int) -> None:
         return {"status": "ready"}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+class NaiveQuery(BaseModel):
+    query: str
 
 
 # -- load generator (child process) ----------------------------------------------------------------
@@ -213,6 +215,7 @@ async def _load(url: str, clients: int, duration: float, warmup: float) -> dict[
         "ok": codes.get(200, 0),
         "rejected_503": codes.get(503, 0),
         "errors": sum(v for k, v in codes.items() if k not in (200, 503)),
+        "codes": {str(k): v for k, v in codes.items()},
         "req_s": codes.get(200, 0) / duration,
         "p50_ms": pct(lat, 50),
         "p99_ms": pct(lat, 99),
