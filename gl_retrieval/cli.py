@@ -499,7 +499,10 @@ def finetune(
         ),
     ] = None,
     stage: Annotated[
-        str, typer.Option(help="embedder (the bi-encoder) or reranker (the cross-encoder).")
+        str,
+        typer.Option(
+            help="What to train: `embedder` (the bi-encoder) or `reranker` (the cross-encoder)."
+        ),
     ] = "embedder",
     epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Pairs per step (in-batch negatives).")] = 32,
