@@ -29,9 +29,9 @@ EMBEDDER_KEYS = ("provider", "model", "revision", "query_prefix", "document_pref
 RUNTIME_KEYS = {"backend": "torch", "precision": "fp32"}
 
 #: Whether documents and queries of one model may come from different backends or precisions.
-#: Decided from measurement (bench/backends.py, docs/performance.md): fp32 documents with int8
-#: queries lost at most ALLOWED_NDCG_LOSS nDCG@10 on SciFact, CISI and Cranfield, within the
-#: 0.005 the issue set, so it is allowed, with a one-line notice.
+#: Allowed, with a one-line notice, on an earlier measurement (fp32 documents, int8 queries:
+#: nDCG@10 loss <= 0.002). The re-measurement (bench/backends.py, the `_fp32_docs` rows) did not
+#: finish in this session; see docs/performance.md. Set False to refuse it as a mismatch.
 MIXED_RUNTIME_ALLOWED = True
 
 log = logging.getLogger("gl_retrieval")
@@ -135,7 +135,7 @@ def check_compatible(
             _noticed.add((where, built, now))
             log.warning(
                 "notice: the index at %s was embedded with %s and is queried with %s (same "
-                "model; measured nDCG@10 loss <= 0.005, see docs/performance.md)",
+                "model; allowed: see docs/performance.md)",
                 where,
                 built,
                 now,
