@@ -80,18 +80,21 @@ def test_help_exits_0_and_reads_as_sentences(path: list[str]) -> None:
 )
 def test_every_config_command_maps_bad_configs_to_2(path: list[str], tmp_path: Path) -> None:
     cmd = dict(zip(IDS, (c for _, c in COMMANDS), strict=True))[" ".join(path)]
-    extra = [
-        "x" if p.name in ("text", "question") else "--dataset"
-        for p in cmd.params
-        if p.required and p.name != "config"
-    ]
-    if "--dataset" in extra:  # eval: a valid dataset, so the config is what fails
-        data = tmp_path / "beir"
-        (data / "qrels").mkdir(parents=True)
-        for name in ("corpus.jsonl", "queries.jsonl"):
-            (data / name).write_text('{"_id": "1", "text": "x"}\n')
-        (data / "qrels" / "test.tsv").write_text("1\t1\t1\n")
-        extra = ["--dataset", str(data)]
+    data = tmp_path / "beir"  # a valid dataset, so the config is what fails
+    (data / "qrels").mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (data / name).write_text('{"_id": "1", "text": "x"}\n')
+    (data / "qrels" / "test.tsv").write_text("1\t1\t1\n")
+    (data / "qrels" / "train.tsv").write_text("1\t1\t1\n")
+    values = {"dataset": str(data), "train": str(data), "output": str(tmp_path / "out")}
+    extra: list[str] = []
+    for p in cmd.params:
+        if not p.required or p.name == "config":
+            continue
+        if p.name in values:  # a required option (eval --dataset, finetune --train/--output)
+            extra += [p.opts[0], values[p.name]]
+        else:  # a required argument: the query or the question
+            extra.append("x")
     missing = tmp_path / "missing.yaml"
     line = one_error_line(runner.invoke(app, [*path, str(missing), *extra]), 2)
     assert str(missing) in line
