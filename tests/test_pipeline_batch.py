@@ -102,7 +102,8 @@ def test_gathered_async_queries_overlap(
 
     out, resp, took = asyncio.run(engine())
     assert took < 1.05 and len(out[0]) == 3
-    assert resp.response == "" and resp.source_nodes[0].node.ref_doc_id == "ce"
+    assert resp.response.startswith("Retrieval only")  # retrieval-only: the sources, printed
+    assert resp.source_nodes[0].node.ref_doc_id == "ce"
 
 
 def test_refresh_swaps_in_a_new_generation(
