@@ -3,7 +3,9 @@ refuse a resume with different settings."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from gl_retrieval.errors import TrainingError
@@ -141,3 +143,32 @@ class FinetuneOptions:
             for k, v in now.items()
             if k not in RESUME_NEUTRAL and saved.get(k) != v
         }
+
+
+def training_arguments(
+    opts: FinetuneOptions, *, output_dir: Path, examples: int, device: str
+) -> dict[str, Any]:
+    """The trainer arguments both stages share (embedder and cross-encoder): steps, seeds,
+    checkpoints every epoch (or ``save_steps``), the device, no external reporting."""
+    steps_per_epoch = max(1, examples // opts.batch_size)
+    total_steps = opts.max_steps or steps_per_epoch * opts.epochs
+    return {
+        "output_dir": str(output_dir),
+        "num_train_epochs": opts.epochs,
+        "max_steps": opts.max_steps if opts.max_steps is not None else -1,
+        "per_device_train_batch_size": opts.batch_size,
+        "learning_rate": opts.lr,
+        "warmup_steps": math.ceil(opts.warmup_ratio * total_steps),
+        "seed": opts.seed,
+        "data_seed": opts.seed,
+        "save_strategy": "steps" if opts.save_steps else "epoch",
+        "save_steps": opts.save_steps or steps_per_epoch,
+        "save_total_limit": 2,
+        "eval_strategy": "no",
+        "logging_steps": max(1, steps_per_epoch // 4),
+        "report_to": "none",
+        "disable_tqdm": not opts.show_progress,
+        "use_cpu": device == "cpu",
+        "fp16": device == "cuda",
+        "dataloader_num_workers": 0,
+    }

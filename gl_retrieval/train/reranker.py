@@ -8,7 +8,6 @@ tiny random cross-encoder; measure a real one with `gl-retrieval eval` on your o
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from gl_retrieval.config import PipelineConfig
 from gl_retrieval.errors import TrainingError
+from gl_retrieval.train.options import training_arguments
 
 __all__ = ["build_pair_dataset", "train_reranker"]
 
@@ -70,27 +70,10 @@ def train_reranker(
     max_len = opts.max_seq_length or rcfg.max_length
     model = st.CrossEncoder(path, device=device, num_labels=1, max_length=max_len)
     dataset = build_pair_dataset(train_data)
-    steps_per_epoch = max(1, len(dataset) // opts.batch_size)
-    total_steps = opts.max_steps or steps_per_epoch * opts.epochs
     args = st.CrossEncoderTrainingArguments(
-        output_dir=str(out / CHECKPOINTS),
-        num_train_epochs=opts.epochs,
-        max_steps=opts.max_steps if opts.max_steps is not None else -1,
-        per_device_train_batch_size=opts.batch_size,
-        learning_rate=opts.lr,
-        warmup_steps=math.ceil(opts.warmup_ratio * total_steps),
-        seed=opts.seed,
-        data_seed=opts.seed,
-        save_strategy="steps" if opts.save_steps else "epoch",
-        save_steps=opts.save_steps or steps_per_epoch,
-        save_total_limit=2,
-        eval_strategy="no",
-        logging_steps=max(1, steps_per_epoch // 4),
-        report_to="none",
-        disable_tqdm=not opts.show_progress,
-        use_cpu=device == "cpu",
-        fp16=device == "cuda",
-        dataloader_num_workers=0,
+        **training_arguments(
+            opts, output_dir=out / CHECKPOINTS, examples=len(dataset), device=device
+        )
     )
     loss = st.cross_encoder.losses.BinaryCrossEntropyLoss(model)
     trainer = st.CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
@@ -56,7 +55,7 @@ from gl_retrieval.train.data import (
 )
 from gl_retrieval.train.evaluate import dev_metrics
 from gl_retrieval.train.mining import mine_hard_negatives
-from gl_retrieval.train.options import FinetuneOptions
+from gl_retrieval.train.options import FinetuneOptions, training_arguments
 from gl_retrieval.train.result import (
     BEST_DIR,
     CHECKPOINTS,
@@ -442,30 +441,12 @@ def _train_embedder(
     else:
         loss = losses.MultipleNegativesRankingLoss(model)
 
-    steps_per_epoch = max(1, len(dataset) // opts.batch_size)
-    total_epochs = opts.epochs
-    total_steps = opts.max_steps or steps_per_epoch * total_epochs
     args = st.SentenceTransformerTrainingArguments(
-        output_dir=str(out / CHECKPOINTS),
-        num_train_epochs=total_epochs,
-        max_steps=opts.max_steps if opts.max_steps is not None else -1,
-        per_device_train_batch_size=opts.batch_size,
-        learning_rate=opts.lr,
-        warmup_steps=math.ceil(opts.warmup_ratio * total_steps),
-        seed=opts.seed,
-        data_seed=opts.seed,
+        **training_arguments(
+            opts, output_dir=out / CHECKPOINTS, examples=len(dataset), device=device
+        ),
         batch_sampler=samplers.BatchSamplers.NO_DUPLICATES,
-        save_strategy="steps" if opts.save_steps else "epoch",
-        save_steps=opts.save_steps or steps_per_epoch,
-        save_total_limit=2,
-        eval_strategy="no",
-        logging_steps=max(1, steps_per_epoch // 4),
-        report_to="none",
-        disable_tqdm=not opts.show_progress,
-        use_cpu=device == "cpu",
-        fp16=device == "cuda",
         dataloader_drop_last=True,
-        dataloader_num_workers=0,
     )
 
     def evaluate_now(m: Any) -> dict[str, dict[str, float]]:
