@@ -74,7 +74,8 @@ def prepare(args: argparse.Namespace, work: Path) -> Path:
         f"  max_length: {args.max_seq_length}\n"
         "sources:\n  - path: corpus.jsonl\n"
         f"chunking:\n  chunk_size: {limit}\n  chunk_overlap: 0\n"
-        "storage:\n  persist_dir: index\n",
+        "storage:\n  persist_dir: index\n"
+        f"runtime:\n  threads: {args.threads}\n",
         encoding="utf-8",
     )
     from gl_retrieval.pipeline import RetrievalPipeline
@@ -124,7 +125,9 @@ def row(name: str, r: dict[str, Any]) -> str:
     return (
         f"| {name} | {b['dense']['nDCG@10']:.4f} | {a['dense']['nDCG@10']:.4f} | "
         f"{d['dense']:+.4f} | {b['hybrid']['nDCG@10']:.4f} | {a['hybrid']['nDCG@10']:.4f} | "
-        f"{d['hybrid']:+.4f} | {r['best_epoch']} | {r['train_seconds'] / 60:.1f} | "
+        f"{d['hybrid']:+.4f} | {r['best_epoch']} | "
+        f"{(r['train_seconds'] - r.get('eval_seconds', 0.0)) / 60:.1f} | "
+        f"{r.get('eval_seconds', 0.0) / 60:.1f} | "
         f"{r['peak_rss_mb']:.0f} |"
     )
 
@@ -165,7 +168,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     header = (
         "| run | dense before | dense after | Δ | hybrid before | hybrid after | Δ | best epoch "
-        "| train min | peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| train min | dev eval min | peak RSS MB |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     rows = []
     for spec in [s.strip() for s in args.runs.split(",") if s.strip()]:

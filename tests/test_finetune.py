@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gl_retrieval.errors import IndexMismatchError, TrainingDataError, TrainingError
@@ -349,6 +350,37 @@ def test_no_positive_is_ever_mined_as_a_negative(env: dict[str, Any]) -> None:
         positive_texts = {corpus.doc_text(d) for d in data.qrels[p.qid]}
         assert p.negatives and not positive_texts & set(p.negatives), p.qid
     assert any(len(j) > 1 for j in data.qrels.values())  # a multi-positive query is covered
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_dev_metrics_equal_the_pipelines_own_retrieval_scored_by_the_eval_code(
+    env: dict[str, Any], mode: str
+) -> None:
+    """The dev evaluator re-implements the first stage in numpy, for speed: it must agree with
+    what the pipeline retrieves for the same queries, scored by gl_retrieval.eval.metrics."""
+    from gl_retrieval.config import load_config
+    from gl_retrieval.eval.metrics import doc_level_ranking, evaluate
+    from gl_retrieval.pipeline import RetrievalPipeline
+    from gl_retrieval.train.corpus import load_corpus
+    from gl_retrieval.train.data import load_training_data
+    from gl_retrieval.train.evaluate import DEV_METRICS, dev_metrics
+
+    cfg = load_config(env["cfg"])
+    cfg = cfg.model_copy(update={"retriever": cfg.retriever.model_copy(update={"mode": mode})})
+    pipe = RetrievalPipeline(cfg)
+    handle = pipe._load_handle()
+    corpus = load_corpus(handle, lexical=True)
+    data = load_training_data(env["data"], corpus)
+    qv = np.asarray(pipe.embedder.embed_queries(list(data.queries.values())), np.float32)
+    cv = np.asarray(pipe.embedder.embed_documents(corpus.texts), np.float32)
+    got = dev_metrics(qv, cv, data, corpus, cfg.retriever, modes=(mode,))[mode]
+
+    run = {
+        qid: doc_level_ranking((h.doc_id, h.score) for h in pipe.retrieve(text, top_k=100))
+        for qid, text in data.queries.items()
+    }
+    want = evaluate(run, data.qrels, metrics=DEV_METRICS)
+    assert got == pytest.approx(want, abs=1e-6), (got, want)
 
 
 # -- the shared run --------------------------------------------------------------------------------

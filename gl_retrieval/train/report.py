@@ -70,7 +70,8 @@ def markdown_report(result: Any, summary: dict[str, Any]) -> str:
         f"- training data: `{summary['train']['source']}` — {summary['train']['queries']} "
         f"queries, {summary['train']['pairs']} pairs (sha256 {summary['train']['sha256'][:12]}…)",
         f"- dev: `{summary['dev']['source']}` — {summary['dev']['queries']} queries",
-        f"- steps: {result.steps}, training time {result.train_seconds:.0f} s",
+        f"- steps: {result.steps}, training time {result.train_seconds:.0f} s "
+        f"(of which dev evaluation {result.eval_seconds:.0f} s)",
     ]
     hp = summary["hyperparameters"]
     lines.append(
@@ -208,6 +209,7 @@ def write_outputs(
         "history": result.history,
         "steps": result.steps,
         "train_seconds": round(result.train_seconds, 1),
+        "eval_seconds": round(result.eval_seconds, 1),
         "notes": result.notes,
         "config_change": result.config_change,
         "versions": package_versions(),

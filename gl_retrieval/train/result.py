@@ -28,6 +28,7 @@ class FinetuneResult:
     config_change: str
     notes: list[str] = field(default_factory=list)
     train_seconds: float = 0.0
+    eval_seconds: float = 0.0
     steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,6 +43,7 @@ class FinetuneResult:
             "config_change": self.config_change,
             "notes": self.notes,
             "train_seconds": round(self.train_seconds, 1),
+            "eval_seconds": round(self.eval_seconds, 1),
             "steps": self.steps,
         }
 

@@ -45,6 +45,7 @@ import numpy as np
 from gl_retrieval.config import HuggingFaceEmbedderConfig, PipelineConfig, load_config
 from gl_retrieval.errors import TrainingError
 from gl_retrieval.presets import resolve_prefixes
+from gl_retrieval.runtimes import apply_torch_threads, cpu_count
 from gl_retrieval.train.corpus import Corpus, load_corpus
 from gl_retrieval.train.data import (
     TrainingData,
@@ -233,6 +234,14 @@ def _fmt(metrics: dict[str, dict[str, float]] | None) -> str:
 # -- the run -------------------------------------------------------------------------------------
 
 
+def _training_threads(cfg: PipelineConfig) -> int:
+    """``runtime.threads`` when set, else every core: training is a batch job that owns the
+    machine while it runs, not a query path that must leave room for neighbours (on 2 cores,
+    the query default of 1 thread made an epoch take twice as long)."""
+    threads = cfg.runtime.threads
+    return cpu_count() if threads == "auto" else int(threads)
+
+
 def finetune(
     config: PipelineConfig | str | os.PathLike[str],
     *,
@@ -309,6 +318,9 @@ def finetune(
     opts.check_data(len(train_data))
 
     embedder = pipe.embedder
+    threads = _training_threads(cfg)
+    apply_torch_threads(threads)  # after the embedder load, which applies the query default
+    say(f"torch threads: {threads}")
     base_vectors = None
     if opts.stage == "embedder" or opts.relative_margin is not None:
         base_vectors = _cached_base_vectors(
@@ -403,6 +415,7 @@ def _train_embedder(
     run_dir = out / RUN_DIR
     history_file = run_dir / "dev_history.json"
     dev_q = list(dev_data.queries.values())
+    eval_time = [0.0]  # dev evaluations inside trainer.train(), reported apart from training
 
     # -- before: the base model as the pipeline runs it (stored prefixes, its own vectors) ------
     if opts.resume and history_file.exists():
@@ -458,6 +471,7 @@ def _train_embedder(
         if was_training:
             m.train()
         res = dev_metrics(qv, cv, dev_data, corpus, cfg.retriever)
+        eval_time[0] += time.perf_counter() - t0
         say(f"dev eval in {time.perf_counter() - t0:.0f}s")
         return res
 
@@ -546,6 +560,7 @@ def _train_embedder(
         config_change=change,
         notes=notes,
         train_seconds=train_seconds,
+        eval_seconds=eval_time[0],
         steps=steps,
     )
     write_outputs(
