@@ -418,6 +418,13 @@ class ServeConfig(_Strict):
         gt=0,
         description="Requests admitted at once (running or waiting); beyond it: 503 + Retry-After.",
     )
+    max_queue_wait_ms: float | None = Field(
+        default=500.0,
+        gt=0,
+        description="Refuse (503 + Retry-After) a request when those already admitted would take "
+        "longer than this to drain at the throughput measured just now; null: only queue_size "
+        "bounds admission.",
+    )
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="A request still unanswered after this gets 504."
     )

@@ -58,7 +58,14 @@ def _cfg(tmp: Path, cross_encoder: Path | None, **serve: Any) -> dict[str, Any]:
         "storage": {"persist_dir": str(tmp / "index")},
         "sources": [{"path": str(corpus)}],
         "chunking": {"chunk_size": 128, "chunk_overlap": 16},
-        "serve": {"api_key": KEY, "reload_interval_s": 0.3, "queue_size": 128, **serve},
+        # Correctness tests: no wait-based shedding (test_serve_admission.py covers it).
+        "serve": {
+            "api_key": KEY,
+            "reload_interval_s": 0.3,
+            "queue_size": 128,
+            "max_queue_wait_ms": None,
+            **serve,
+        },
     }
     if cross_encoder is not None:
         cfg["reranker"] = {"model": str(cross_encoder), "top_n": 4}
@@ -209,6 +216,22 @@ def test_llamaindex_tei_embedder_and_reranker(served: Any, minilm_embedder: Any)
     best = sorted(range(5), key=lambda i: -want[i])[:2]
     assert [n.node.text for n in top] == [texts[i] for i in best]
     assert top[0].score == pytest.approx(float(want[best[0]]), abs=1e-4)
+
+
+def test_tei_embed_truncate_and_normalize_follow_tei(served: Any) -> None:
+    server, local, _ = served
+    long_text = "retrieval " * 350  # 350 tokens: over MiniLM's 256, under max_query_chars
+    post = lambda body: httpx.post(server.url + "/embed", json=body, headers=AUTH)  # noqa: E731
+    r = post({"inputs": [long_text], "truncate": False})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "validation"
+    assert "tokens; the model takes" in r.json()["error"]["message"]
+    # truncate: true, or omitted (as TEI with --auto-truncate), cuts the input to the model.
+    for body in ({"inputs": [long_text], "truncate": True}, {"inputs": [long_text]}):
+        r = post(body)
+        assert r.status_code == 200 and len(r.json()[0]) == local.embedder.dimension
+    assert post({"inputs": ["short"], "truncate": False}).status_code == 200
+    r = post({"inputs": ["short"], "normalize": False})
+    assert r.status_code == 422 and "embedder.normalize" in r.json()["error"]["message"]
 
 
 def test_auth_refuses_missing_and_wrong_keys_and_never_logs_them(

@@ -31,7 +31,7 @@ def pg_serve_config(pg: PG, tmp_path: Path) -> Iterator[dict[str, Any]]:  # noqa
         "storage": {"backend": "postgres", "url": pg.url, "table": table},
         "sources": [{"path": str(corpus)}],
         "chunking": {"chunk_size": 128, "chunk_overlap": 16},
-        "serve": {"reload_interval_s": 0.2},
+        "serve": {"max_queue_wait_ms": None, "reload_interval_s": 0.2},
     }
     for t in (f"data_{table}", f"data_{table}__build", f"{table}_documents", f"{table}_manifest"):
         pg.sql(f'DROP TABLE IF EXISTS "{t}"')

@@ -34,7 +34,7 @@ def _config(tmp: Path) -> dict[str, Any]:
         "storage": {"persist_dir": str(tmp / "index")},
         "sources": [{"path": str(corpus)}],
         "chunking": {"chunk_size": 128, "chunk_overlap": 16},
-        "serve": {"reload_interval_s": 0.2, "drain_timeout_s": 15},
+        "serve": {"max_queue_wait_ms": None, "reload_interval_s": 0.2, "drain_timeout_s": 15},
     }
 
 

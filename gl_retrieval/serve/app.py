@@ -185,6 +185,16 @@ class _Guard:
                 await _too_large(limit)(scope, receive, send)
 
 
+class _Fast(Response):
+    """JSON as ``query --json`` writes it (``default=str``), rendered straight from the dict:
+    FastAPI's ``jsonable_encoder`` walk over every result is skipped on the hot routes."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, default=str, separators=(",", ":")).encode()
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -280,7 +290,7 @@ def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastA
             (results,) = await service.retrieve_many(
                 [body.query], filters=body.filters, top_k=body.top_k, top_n=body.top_n
             )
-            return payload(body.query, body.filters, results)
+            return _Fast(payload(body.query, body.filters, results))
 
         return await guarded(work)
 
@@ -294,11 +304,13 @@ def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastA
             many = await service.retrieve_many(
                 body.queries, filters=body.filters, top_k=body.top_k, top_n=body.top_n
             )
-            return {
-                "results": [
-                    payload(q, body.filters, r) for q, r in zip(body.queries, many, strict=True)
-                ]
-            }
+            return _Fast(
+                {
+                    "results": [
+                        payload(q, body.filters, r) for q, r in zip(body.queries, many, strict=True)
+                    ]
+                }
+            )
 
         return await guarded(work)
 
@@ -414,10 +426,35 @@ def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastA
 
         return await guarded(work)
 
+    def refuse_too_long(embedder: Any, texts: list[str], kind: str) -> None:
+        limit = embedder.max_tokens
+        prefix = {"query": embedder.query_prefix, "document": embedder.document_prefix}
+        counts = embedder.count_tokens([prefix.get(kind, "") + t for t in texts])
+        if limit is None or counts is None:
+            return
+        longest = max(counts)
+        if longest > limit:
+            raise APIError(
+                413,
+                "validation",
+                f"truncate: false, but an input has {longest} tokens; the model takes {limit} "
+                "(send truncate: true to cut it)",
+            )
+
     @app.post("/embed", summary="text-embeddings-inference's /embed")
     async def tei_embed(body: TEIEmbedRequest) -> Any:
         texts = texts_of(body.inputs, "inputs")
         kind = body.prompt_name if body.prompt_name in ("query", "document") else "raw"
+        embedder = service.pipe.embedder
+        if not body.normalize and embedder.normalize:
+            raise APIError(
+                422,
+                "invalid_request",
+                "normalize: false is not available: this server's embedder returns unit vectors "
+                "(embedder.normalize: true in its config)",
+            )
+        if body.truncate is False:  # TEI's own default; omitted: truncate, as --auto-truncate
+            await service.run(refuse_too_long, embedder, texts, kind)
 
         async def work() -> Any:
             vecs = await service.embed(kind, texts)

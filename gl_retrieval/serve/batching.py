@@ -9,7 +9,6 @@ loop, so ``/healthz`` and ``/metrics`` answer while a batch runs.
 Example:
     >>> b = MicroBatcher(lambda xs: [x * 2 for x in xs], name="double", max_cost=8)
     >>> import asyncio
-import contextlib
     >>> asyncio.run(b.submit(21))
     42
     >>> b.close()

@@ -56,11 +56,16 @@ class ServeMetrics:
         )
         self.rejected = pc.Counter(
             "gl_retrieval_rejected",
-            "Requests refused with 503 because the queue was full.",
+            "Requests refused with 503: at serve.queue_size, or over serve.max_queue_wait_ms.",
             registry=r,
         )
         self.in_flight = pc.Gauge(
             "gl_retrieval_in_flight", "Requests admitted and not yet answered.", registry=r
+        )
+        self.predicted_wait = pc.Gauge(
+            "gl_retrieval_predicted_wait_seconds",
+            "How long the requests in flight would take to drain at the measured throughput.",
+            registry=r,
         )
         self.generation = pc.Gauge(
             "gl_retrieval_generation",

@@ -27,12 +27,18 @@ from gl_retrieval.errors import GLRetrievalError, IndexNotFoundError
 from gl_retrieval.pipeline import RetrievalPipeline
 from gl_retrieval.retrieval.filters import parse_filters
 from gl_retrieval.retrieval.results import RankedNode
+from gl_retrieval.serve.admission import Admission
 from gl_retrieval.serve.batching import MicroBatcher, Overloaded
 from gl_retrieval.serve.metrics import ServeMetrics
 
 __all__ = ["IndexJob", "JobRunning", "RetrievalService"]
 
 log = logging.getLogger("gl_retrieval.serve")
+
+#: Threads for first-stage searches. They are short and hold the GIL, so more threads only
+#: take turns with the event loop (16 made the loop answer late under load); see
+#: docs/serving.md for the measurement.
+SEARCH_THREADS = 2
 
 #: What an embedding request asks for: the embedder's query or document prefix, or none (TEI).
 EmbedKind = str  # "query" | "document" | "raw"
@@ -85,8 +91,15 @@ class RetrievalService:
         self.pipe = pipe
         self.config = config or ServeConfig()
         self.metrics = metrics or ServeMetrics()
-        self._in_flight = 0
+        wait_ms = self.config.max_queue_wait_ms
+        self._admission = Admission(
+            queue_size=self.config.queue_size,
+            max_wait_s=None if wait_ms is None else wait_ms / 1000,
+        )
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gl-serve")
+        self._search = ThreadPoolExecutor(
+            max_workers=SEARCH_THREADS, thread_name_prefix="gl-search"
+        )
         self._embed: MicroBatcher | None = None
         self._rerank: MicroBatcher | None = None
         self._jobs: dict[str, IndexJob] = {}
@@ -140,6 +153,7 @@ class RetrievalService:
             if b is not None:
                 b.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._search.shutdown(wait=False, cancel_futures=True)
 
     @property
     def ready(self) -> bool:
@@ -172,29 +186,34 @@ class RetrievalService:
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
-        """Count a request in; refuse it (``Overloaded``) when ``queue_size`` are in already.
-
-        Only ever used on the event loop thread, so the counter needs no lock.
-        """
-        if self._in_flight >= self.config.queue_size:
+        """Count a request in, or refuse it (``Overloaded``): at ``queue_size`` requests, or
+        when those admitted would take over ``max_queue_wait_ms`` to drain (see
+        :mod:`gl_retrieval.serve.admission`)."""
+        try:
+            self._admission.enter()
+        except Overloaded:
             self.metrics.rejected.inc()
-            raise Overloaded(
-                f"the server is at serve.queue_size = {self.config.queue_size} requests; "
-                "retry shortly",
-                retry_after_s=1.0,
-            )
-        self._in_flight += 1
-        self.metrics.in_flight.set(self._in_flight)
+            raise
+        self.metrics.in_flight.set(self._admission.in_flight)
         try:
             yield
         finally:
-            self._in_flight -= 1
-            self.metrics.in_flight.set(self._in_flight)
+            self._admission.leave()
+            self.metrics.in_flight.set(self._admission.in_flight)
+            self.metrics.predicted_wait.set(self._admission.predicted_wait_s())
+
+    @property
+    def _in_flight(self) -> int:
+        return self._admission.in_flight
 
     async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the service's worker threads."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _run_search(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._search, fn, *args)
 
     # -- model calls (batched when batching is on) -----------------------------------------------
 
@@ -289,7 +308,7 @@ class RetrievalService:
             vecs = list(await self.embed("query", queries))
         staged = await asyncio.gather(
             *(
-                self.run(self._first_stage, q, v, parsed, top_k)
+                self._run_search(self._first_stage, q, v, parsed, top_k)
                 for q, v in zip(queries, vecs, strict=True)
             )
         )
