@@ -52,7 +52,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _config(pipeline: str, *, batching: bool) -> dict[str, Any]:
+def _config(pipeline: str, *, batching: bool, threads: str = "auto") -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "embedder": {"provider": "huggingface", "model": "packaged:all-MiniLM-L6-v2"},
         "retriever": {"top_k": 10 if pipeline == "dense" else 20, "mode": "dense"},
@@ -68,6 +68,8 @@ def _config(pipeline: str, *, batching: bool) -> dict[str, Any]:
     }
     if pipeline == "ce":
         cfg["reranker"] = {"model": str(WORK / "bge-base-sized"), "top_n": 5, "max_length": 256}
+    if threads != "auto":
+        cfg["runtime"] = {"threads": int(threads)}
     return cfg
 
 
@@ -115,10 +117,11 @@ def prepare(docs: int) -> None:
     RetrievalPipeline.from_config(_config("dense", batching=True)).index()
 
 
-def in_process_p50(pipeline: str, queries: list[str], n: int) -> float:
+def in_process_p50(pipeline: str, queries: list[str], n: int, threads: str) -> float:
     from gl_retrieval import RetrievalPipeline
 
-    pipe = RetrievalPipeline.from_config(_config(pipeline, batching=True)).warmup()
+    pipe = RetrievalPipeline.from_config(_config(pipeline, batching=True, threads=threads))
+    pipe.warmup()
     for q in queries[:3]:
         pipe.retrieve(q)
     times = []
@@ -132,10 +135,10 @@ def in_process_p50(pipeline: str, queries: list[str], n: int) -> float:
 # -- servers (child processes) ---------------------------------------------------------------------
 
 
-def run_server(kind: str, pipeline: str, port: int) -> None:
+def run_server(kind: str, pipeline: str, port: int, threads: str) -> None:
     from gl_retrieval.config import parse_config
 
-    cfg = parse_config(_config(pipeline, batching=kind == "a"))
+    cfg = parse_config(_config(pipeline, batching=kind == "a", threads=threads))
     if kind in ("a", "b"):
         from gl_retrieval.serve.server import create_server
 
@@ -156,6 +159,12 @@ def run_server(kind: str, pipeline: str, port: int) -> None:
     @app.get("/readyz")
     def ready() -> Any:
         return {"status": "ready"}
+
+    @app.get("/v1/info")
+    def info() -> Any:
+        import torch
+
+        return {"serve": {"threads": torch.get_num_threads()}}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -230,14 +239,10 @@ def run_load(url: str, clients: int, duration: float, warmup: float) -> None:
 # -- orchestration ---------------------------------------------------------------------------------
 
 
-def _child(args: list[str], threads: int) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+def _child(args: list[str], threads: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    if threads != "auto":  # else each server applies the library's rule (runtime.threads auto)
+        env.update({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads})
     return subprocess.Popen(
         [sys.executable, __file__, *args], env=env, stdout=subprocess.PIPE, text=True
     )
@@ -260,36 +265,50 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 300) -> 
 
 
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(args.threads)
     prepare(args.docs)
     queries = _queries()
     pipelines = args.pipelines.split(",")
     report: dict[str, Any] = {
         "docs": args.docs,
         "duration_s": args.duration,
+        "ce_duration_s": args.ce_duration,
         "threads": args.threads,
         "queue_size": QUEUE_SIZE,
+        "server_threads": {},
         "in_process_p50_ms": {},
         "cells": [],
         "loadavg_before": os.getloadavg(),
     }
     for p in pipelines:
-        report["in_process_p50_ms"][p] = in_process_p50(p, queries, 30 if p == "dense" else 8)
+        report["in_process_p50_ms"][p] = in_process_p50(
+            p, queries, 30 if p == "dense" else 8, args.threads
+        )
         print(f"in-process retrieve p50 [{p}]: {report['in_process_p50_ms'][p]:.1f} ms", flush=True)
     for p in pipelines:
         for kind in SERVERS:
             port = _free_port()
             url = f"http://127.0.0.1:{port}"
-            server = _child(["--server", kind, "--pipeline", p, "--port", str(port)], args.threads)
+            server = _child(
+                [
+                    *("--server", kind, "--pipeline", p, "--port", str(port)),
+                    *("--threads", args.threads),
+                ],
+                args.threads,
+            )
             try:
                 _wait_ready(url, server)
-                for c in CLIENTS:
+                import httpx
+
+                info = httpx.get(url + "/v1/info", timeout=10).json()
+                report["server_threads"][f"{p}/{kind}"] = info["serve"]["threads"]
+                duration = args.ce_duration if p == "ce" else args.duration
+                clients = [int(x) for x in args.ce_clients.split(",")] if p == "ce" else CLIENTS
+                for c in clients:
                     load = _child(
-                        ["--load", url, "--clients", str(c), "--duration", str(args.duration)], 1
+                        [*("--load", url, "--clients", str(c)), *("--duration", str(duration))],
+                        "1",
                     )
-                    out, _ = load.communicate(timeout=args.duration * 10 + 120)
+                    out, _ = load.communicate(timeout=duration * 10 + 120)
                     cell = {
                         "pipeline": p,
                         "server": kind,
@@ -315,7 +334,8 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"SciFact first {report['docs']} docs, {report['duration_s']} s per cell, "
-        f"{report['threads']} torch threads per server, serve.queue_size = {report['queue_size']}; "
+        f"torch threads per server {report.get('server_threads') or report['threads']}, "
+        f"serve.queue_size = {report['queue_size']}, serve.max_queue_wait_ms 500; "
         f"load average before {report['loadavg_before'][0]:.1f}, after "
         f"{report['loadavg_after'][0]:.1f}.",
         "",
@@ -406,7 +426,19 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=1000)
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--warmup", type=float, default=0.5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--ce-duration",
+        type=float,
+        default=20.0,
+        help="seconds per cell for the cross-encoder pipeline (seconds per query on a CPU)",
+    )
+    ap.add_argument("--ce-clients", default="1,4,16,64", help="client counts for the ce cells")
+    ap.add_argument(
+        "--threads",
+        default="auto",
+        help="torch threads of every server; auto: each applies the library's rule "
+        "(serve with batching: the cores, up to 4; otherwise half the cores)",
+    )
     ap.add_argument("--pipelines", default="dense,ce")
     ap.add_argument("--plot", type=Path, default=RESULTS / "serve.png")
     ap.add_argument("--server")
@@ -416,7 +448,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int)
     args = ap.parse_args()
     if args.server:
-        run_server(args.server, args.pipeline, args.port)
+        run_server(args.server, args.pipeline, args.port, args.threads)
         return
     if args.load:
         run_load(args.load, args.clients, args.duration, args.warmup)

@@ -687,6 +687,7 @@ class RetrievalPipeline:
             report["ok"] = False
             report["recovery"] = storage.recovery(exclude=directory)  # type: ignore[attr-defined]
         return report
+
     async def aquery(self, query: str, **kwargs: Any) -> Response:
         """``as_query_engine(**kwargs).aquery(query)``: retrieval (and an LLM answer, if one
         is configured) in a worker thread."""

@@ -36,6 +36,7 @@ __all__ = [
     "load_runner",
     "openvino_precision",
     "resolve_threads",
+    "serve_threads",
 ]
 
 #: ``feeds -> first output``: what an exported model looks like to the embedder and reranker.
@@ -61,6 +62,24 @@ def default_threads(*, workers: int = 1, cores: int | None = None) -> int:
     """
     cores = cpu_count() if cores is None else cores
     return max(1, min(MAX_DEFAULT_THREADS, cores // 2 // max(1, workers)))
+
+
+def serve_threads(*, batching: bool, cores: int | None = None) -> int:
+    """``runtime.threads: auto`` under ``gl-retrieval serve``.
+
+    With batching on, one worker thread per model makes every model call, one batch at a
+    time, so the model may use the cores (up to 4) without oversubscribing them. With batching
+    off, every request calls the model from its own thread at once, so each call keeps to the
+    per-process default (:func:`default_threads`). See docs/serving.md for the measurement.
+
+    Example:
+        >>> [serve_threads(batching=b, cores=c) for b, c in ((True, 2), (False, 2), (True, 16))]
+        [2, 1, 4]
+    """
+    cores = cpu_count() if cores is None else cores
+    if batching:
+        return max(1, min(MAX_DEFAULT_THREADS, cores))
+    return default_threads(cores=cores)
 
 
 def resolve_threads(threads: int | str | None, *, workers: int = 1) -> int:

@@ -272,6 +272,13 @@ def test_threads_reach_each_runtime(tiny_cross_encoder: Path, export_cache: Path
     ]
 
 
+def test_serve_threads_give_a_batching_server_the_cores_and_an_unbatched_one_the_default() -> None:
+    from gl_retrieval.runtimes import serve_threads
+
+    assert [serve_threads(batching=True, cores=c) for c in (1, 2, 8)] == [1, 2, 4]
+    assert [serve_threads(batching=False, cores=c) for c in (1, 2, 8)] == [1, 1, 4]
+
+
 def test_runtime_threads_config_reaches_embedder_and_reranker(tiny_cross_encoder: Path) -> None:
     from gl_retrieval import RetrievalPipeline
 

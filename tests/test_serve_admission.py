@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,28 @@ def test_overload_is_refused_at_once_and_answered_requests_stay_within_the_budge
         metrics = httpx.get(server.url + "/metrics").text
         assert "gl_retrieval_predicted_wait_seconds" in metrics
         assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_the_docstring_examples_of_admission_and_batching_hold() -> None:
+    import doctest
+
+    import gl_retrieval.serve.admission as admission
+    import gl_retrieval.serve.batching as batching
+
+    for mod in (admission, batching):
+        assert doctest.testmod(mod).failed == 0, mod.__name__
+
+
+def test_split_by_length_keeps_every_index_once_and_groups_similar_lengths() -> None:
+    import random
+
+    from gl_retrieval.serve.batching import split_by_length
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 60) for _ in range(40)]
+    groups = split_by_length(lengths, call_cost=32)
+    assert sorted(i for g in groups for i in g) == list(range(40))
+    assert 1 < len(groups) < 40
+    spans = [(min(lengths[i] for i in g), max(lengths[i] for i in g)) for g in groups]
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # runs, in order
+    assert split_by_length([], call_cost=32) == []

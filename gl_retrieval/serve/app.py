@@ -363,6 +363,8 @@ def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastA
             "max_batch_size": cfg.max_batch_size,
             "max_wait_ms": cfg.max_wait_ms,
             "queue_size": cfg.queue_size,
+            "max_queue_wait_ms": cfg.max_queue_wait_ms,
+            "threads": service.pipe.config.runtime.threads,
             "reranker": service.pipe.reranker is not None,
             "retriever_mode": service.pipe.config.retriever.mode,
         }

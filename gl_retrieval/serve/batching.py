@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["MicroBatcher", "Overloaded"]
+__all__ = ["MicroBatcher", "Overloaded", "split_by_length"]
 
 log = logging.getLogger("gl_retrieval.serve")
 
@@ -187,3 +187,35 @@ class MicroBatcher:
                     it.loop.call_soon_threadsafe(_deliver, it.future, res, error)
             if self._observe is not None:
                 self._observe(len(batch), sum(it.cost for it in batch), waits)
+
+
+def split_by_length(lengths: Sequence[int], *, call_cost: int) -> list[list[int]]:
+    """Group texts into model calls so that padding wastes the least: indices per call.
+
+    A merged batch pads every text to its longest, and transformer compute grows with the padded
+    tokens; each extra call costs about ``call_cost`` tokens' worth (reading the weights once
+    more, per-call overhead). With the texts sorted by length, the cheapest split into runs is
+    found exactly by dynamic programming (O(n²) for n texts, microseconds at batch sizes).
+
+    Example:
+        >>> split_by_length([40, 10, 11, 42, 12], call_cost=30)
+        [[1, 2, 4], [0, 3]]
+        >>> split_by_length([40, 10, 11, 42, 12], call_cost=1000)
+        [[1, 2, 4, 0, 3]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        for i in range(j):
+            cost = best[i] + call_cost + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups: list[list[int]] = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]

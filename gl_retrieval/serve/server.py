@@ -87,6 +87,14 @@ def create_server(
     scfg = config.serve or ServeConfig()
     key = api_key_for(scfg)
     check_bind(host, api_key=key, insecure=insecure)
+    if pipeline is None and config.runtime.threads == "auto":
+        from gl_retrieval.runtimes import serve_threads
+
+        threads = serve_threads(batching=scfg.batching)
+        config = config.model_copy(
+            update={"runtime": config.runtime.model_copy(update={"threads": threads})}
+        )
+        log.info("runtime.threads auto: %d per model call (batching %s)", threads, scfg.batching)
     pipe = pipeline if pipeline is not None else RetrievalPipeline(config)
     service = RetrievalService(pipe, scfg).start()
     if not service.ready:
