@@ -30,6 +30,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -61,6 +62,31 @@ OUT: dict[str, Any] = {}
 
 def load() -> str:
     return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def chosen(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """The BACKENDS rows named by ``--backends`` (torch, the baseline, always)."""
+    names = set(args.backends.split(",")) | {"torch"}
+    return [b for b in BACKENDS if b[0] in names]
+
+
+def cpu_features() -> dict[str, Any]:
+    """The CPU model and the SIMD features int8 and bf16 speedups depend on."""
+    info: dict[str, Any] = {"model": platform.processor() or platform.machine()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16")
+            wanted += ("amx_int8",)
+            info["flags"] = {f: f in flags for f in wanted}
+            break
+    return info
 
 
 def save() -> None:
@@ -136,7 +162,7 @@ def bench_biencoder(args: argparse.Namespace) -> None:
     latency_queries = queries("scifact")[1][: args.query_reps]
     rows: dict[str, dict[str, Any]] = {}
     torch_docs: dict[str, np.ndarray] = {}
-    for label, backend, quant in BACKENDS:
+    for label, backend, quant in chosen(args):
         t0 = time.perf_counter()
         emb = embedder(backend, quant, args.threads)
         emb.warmup()
@@ -266,7 +292,7 @@ def bench_rerank(args: argparse.Namespace, work: Path) -> None:
     for size, path in sizes.items():
         print(f"\n## cross-encoder, {size} ({load()})", flush=True)
         rows = {}
-        for label, backend, quant in BACKENDS:
+        for label, backend, quant in chosen(args):
             export_s = 0.0
             if backend != "torch":
                 t0 = time.perf_counter()
@@ -311,7 +337,7 @@ def bench_fidelity(args: argparse.Namespace, work: Path) -> None:
     ]
     ref = None
     rows = {}
-    for label, backend, quant in BACKENDS:
+    for label, backend, quant in chosen(args):
         score = scorer(path, backend, quant, args.threads)
         s = np.concatenate([np.asarray(score(q, ps), dtype=np.float64) for q, ps in cases])
         if ref is None:
@@ -349,7 +375,7 @@ def bench_cold(args: argparse.Namespace, work: Path) -> None:
         "retriever": {"mode": "dense", "top_k": 20},
     }
     configs = {}
-    for label, backend, quant in BACKENDS:
+    for label, backend, quant in chosen(args):
         cfg = {
             **base,
             "embedder": {"model": MINILM, "backend": backend, "quantization": quant},
@@ -516,6 +542,11 @@ def main() -> None:
         default="torch,onnx,onnx-int8,openvino,openvino-int8",
         help="which backends get the nDCG rows (fp32 exports match torch to 1e-5)",
     )
+    ap.add_argument(
+        "--backends",
+        default=",".join(label for label, _, _ in BACKENDS),
+        help="columns to measure (torch, the baseline, is always measured)",
+    )
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--table", action="store_true", help="print the table from the last results")
     args = ap.parse_args()
@@ -530,6 +561,7 @@ def main() -> None:
     OUT["meta"] = {
         "start": load(),
         "cpus": os.cpu_count(),
+        "cpu": cpu_features(),
         "threads": args.threads,
         "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

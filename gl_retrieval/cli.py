@@ -504,7 +504,7 @@ def finetune(
             help="What to train: `embedder` (the bi-encoder) or `reranker` (the cross-encoder)."
         ),
     ] = "embedder",
-    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 1,
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 3,
     batch_size: Annotated[int, typer.Option(help="Pairs per step (in-batch negatives).")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-5,
     negatives: Annotated[
@@ -531,6 +531,13 @@ def finetune(
         bool, typer.Option(help="Continue the run in --output from its last checkpoint.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
+    eval_each_epoch: Annotated[
+        bool,
+        typer.Option(
+            "--eval-each-epoch/--eval-at-end",
+            help="Evaluate dev after every epoch (keeps the best) or only at the end (faster).",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune the config's embedder (or reranker) on your corpus; select on dev only.
@@ -553,6 +560,7 @@ def finetune(
         seed=seed,
         resume=resume,
         overwrite=overwrite,
+        eval_each_epoch=eval_each_epoch,
         show_progress=not as_json,
     )
     opts.check()  # a bad hyperparameter fails before any model loads

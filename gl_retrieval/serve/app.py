@@ -48,6 +48,10 @@ __all__ = ["build_app"]
 log = logging.getLogger("gl_retrieval.serve")
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: Routes that take model time: admitted (or refused with 503) before their body is parsed.
+ADMITTED = frozenset(
+    {"/v1/query", "/v1/query/batch", "/v1/ask", "/v1/embeddings", "/embed", "/rerank"}
+)
 _ROUTES = (
     "/v1/query/batch",
     "/v1/query",
@@ -133,7 +137,20 @@ class _Guard:
             if denied is not None:
                 await denied(scope, receive, send_wrapped)
                 return
-            await self._call_limited(scope, receive, send_wrapped)
+            if path not in ADMITTED or scope.get("method") != "POST":
+                await self._call_limited(scope, receive, send_wrapped)
+                return
+            try:
+                admitted = self.service.admit()
+                admitted.__enter__()
+            except Overloaded as e:
+                status, kind, headers = _status_of(e)
+                await _error(status, kind, str(e), headers)(scope, receive, send_wrapped)
+                return
+            try:
+                await self._call_limited(scope, receive, send_wrapped)
+            finally:
+                admitted.__exit__(None, None, None)
         finally:
             m = self.service.metrics
             m.requests.labels(route, str(status_box[0])).inc()
@@ -246,13 +263,13 @@ def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastA
         app.add_exception_handler(cls, _any)
 
     async def guarded(work: Callable[[], Awaitable[Any]]) -> Any:
-        with service.admit():
-            try:
-                return await asyncio.wait_for(work(), timeout)
-            except asyncio.TimeoutError:
-                raise APIError(
-                    504, "timeout", f"request took over serve.request_timeout_s = {timeout}"
-                ) from None
+        # Admission happened in _Guard, before the body was parsed (a refusal costs little).
+        try:
+            return await asyncio.wait_for(work(), timeout)
+        except asyncio.TimeoutError:
+            raise APIError(
+                504, "timeout", f"request took over serve.request_timeout_s = {timeout}"
+            ) from None
 
     def check_text(value: str, what: str) -> None:
         if len(value) > cfg.max_query_chars:
