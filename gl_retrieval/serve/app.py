@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import logging
@@ -140,17 +141,14 @@ class _Guard:
             if path not in ADMITTED or scope.get("method") != "POST":
                 await self._call_limited(scope, receive, send_wrapped)
                 return
-            try:
-                admitted = self.service.admit()
-                admitted.__enter__()
-            except Overloaded as e:
-                status, kind, headers = _status_of(e)
-                await _error(status, kind, str(e), headers)(scope, receive, send_wrapped)
-                return
-            try:
+            with contextlib.ExitStack() as admitted:
+                try:
+                    admitted.enter_context(self.service.admit())
+                except Overloaded as e:
+                    status, kind, headers = _status_of(e)
+                    await _error(status, kind, str(e), headers)(scope, receive, send_wrapped)
+                    return
                 await self._call_limited(scope, receive, send_wrapped)
-            finally:
-                admitted.__exit__(None, None, None)
         finally:
             m = self.service.metrics
             m.requests.labels(route, str(status_box[0])).inc()
