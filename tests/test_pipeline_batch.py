@@ -133,3 +133,60 @@ def _docs(cfg: dict[str, Any]) -> list[Any]:
 
     rows = [json.loads(line) for line in Path(cfg["sources"][0]["path"]).read_text().splitlines()]
     return _doc_objs(rows)
+
+
+@pytest.fixture()
+def dense(small_config: dict[str, Any], minilm_embedder: Any) -> RetrievalPipeline:
+    cfg = {**small_config, "retriever": {"top_k": 5, "mode": "dense"}}
+    pipe = RetrievalPipeline.from_config(cfg, embedder=minilm_embedder)
+    pipe.index()
+    return pipe
+
+
+@pytest.mark.parametrize("filters", [None, {"topic": "storage"}, ["year>=2021"]])
+def test_direct_dense_search_equals_the_llamaindex_retriever(
+    dense: RetrievalPipeline, filters: Any
+) -> None:
+    """serve's first stage (``direct=True``) gives the retriever's hits, in order, with the
+    same scores and nodes, filters included."""
+    from gl_retrieval.retrieval.retrievers import dense_search
+
+    vecs = dense.embedder.embed_queries(QUERIES)
+    for q, v in zip(QUERIES, vecs, strict=True):
+        assert dense_search(dense._load_handle(), v, top_k=4, filters=filters)  # no fallback
+        stock = dense.retrieve_candidates(q, embedding=v, filters=filters, top_k=4)
+        direct = dense.retrieve_candidates(q, embedding=v, filters=filters, top_k=4, direct=True)
+        assert [h.to_dict() for h in direct] == [h.to_dict() for h in stock]
+        assert [h.score for h in direct] == [h.score for h in stock]
+
+
+def test_direct_search_shares_nodes_and_the_stock_path_does_not(
+    dense: RetrievalPipeline,
+) -> None:
+    v = dense.embedder.embed_queries(QUERIES[:1])[0]
+    a = dense.retrieve_candidates(QUERIES[0], embedding=v, direct=True)
+    b = dense.retrieve_candidates(QUERIES[0], embedding=v, direct=True)
+    assert a[0].node is b[0].node  # decoded once, read-only
+    c = dense.retrieve_candidates(QUERIES[0], embedding=v)
+    d = dense.retrieve_candidates(QUERIES[0], embedding=v)
+    assert c[0].node is not d[0].node  # fresh objects: callers may modify them
+    c[0].node.metadata["touched"] = True
+    assert (
+        "touched"
+        not in dense.retrieve_candidates(QUERIES[0], embedding=v, direct=True)[0].node.metadata
+    )
+
+
+def test_direct_search_falls_back_where_it_would_differ(
+    dense: RetrievalPipeline, monkeypatch: Any
+) -> None:
+    """A result holding a non-text node goes through LlamaIndex's retriever (its docstore
+    lookup and recursive retrieval), so ``direct`` never changes what comes back."""
+    from gl_retrieval.retrieval import retrievers
+
+    monkeypatch.setattr(retrievers, "ObjectType", type("O", (), {"TEXT": object()}))
+    v = dense.embedder.embed_queries(QUERIES[:1])[0]
+    assert retrievers.dense_search(dense._load_handle(), v, top_k=3) is None
+    direct = dense.retrieve_candidates(QUERIES[0], embedding=v, top_k=3, direct=True)
+    stock = dense.retrieve_candidates(QUERIES[0], embedding=v, top_k=3)
+    assert [h.to_dict() for h in direct] == [h.to_dict() for h in stock]

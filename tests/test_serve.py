@@ -93,6 +93,34 @@ def _same(remote: list[dict[str, Any]], local: list[Any]) -> None:
         assert r["retrieval_score"] == pytest.approx(h.retrieval_score, abs=1e-4)
 
 
+@pytest.mark.parametrize("rerank", [False, True])
+def test_dense_searches_in_the_batch_and_one_bad_filter_fails_only_its_request(
+    tmp_path: Path, tiny_cross_encoder: Path, minilm_embedder: Any, rerank: bool
+) -> None:
+    """Dense mode searches inside the model worker's batch (``RetrievalService.retrieve_many``):
+    concurrent requests with different filters each get their in-process answer, and a filter
+    the index cannot take gives that request its 422 and no other."""
+    raw = _cfg(tmp_path, tiny_cross_encoder if rerank else None)
+    raw["retriever"] = {"top_k": 6, "mode": "dense"}
+    cfg = parse_config(raw)
+    local = RetrievalPipeline(cfg, embedder=minilm_embedder)
+    local.index()
+    filters: list[Any] = [None, ["year>=2019"], {"year": {">": 2000}}]
+    cases = [(QUERIES[i % len(QUERIES)], filters[i % 3]) for i in range(30)]
+    bad = {"query": QUERIES[0], "filters": {"year": {"<": "soon"}}}
+
+    async def fire(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers=AUTH, timeout=60) as c:
+            bodies = [{"query": q, "filters": f, "top_n": 3} for q, f in cases] + [bad]
+            return await asyncio.gather(*(c.post(url + "/v1/query", json=b) for b in bodies))
+
+    with running_server(cfg, pipeline=local) as server:
+        responses = asyncio.run(fire(server.url))
+    assert [r.status_code for r in responses] == [200] * len(cases) + [422]
+    for (q, f), r in zip(cases, responses, strict=False):
+        _same(r.json()["results"], local.retrieve(q, filters=f, top_n=3))
+
+
 def test_query_has_the_cli_json_shape_and_equals_in_process(served: Any) -> None:
     server, local, _ = served
     r = httpx.post(

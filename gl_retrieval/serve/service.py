@@ -48,6 +48,13 @@ CALL_COST_TOKENS = 32
 EmbedKind = str  # "query" | "document" | "raw"
 
 
+@dataclass
+class _Failed:
+    """A query's error, carried out of a batch to its own request."""
+
+    error: Exception
+
+
 class JobRunning(GLRetrievalError):
     """An index job is already running (HTTP 409)."""
 
@@ -245,10 +252,14 @@ class RetrievalService:
             out[g] = vecs
         return out  # type: ignore[return-value]
 
-    def _embed_batch(self, payloads: list[tuple[EmbedKind, list[str]]]) -> list[np.ndarray]:
+    def _embed_batch(self, payloads: list[tuple[Any, ...]]) -> list[Any]:
+        """One batch of embed payloads: ``(kind, texts)``, or ``("search", queries, filters,
+        top_k)``, whose queries are embedded with the other queries and then searched here, in
+        the model worker (see :meth:`retrieve_many`)."""
         out: list[Any] = [None] * len(payloads)
-        for kind in dict.fromkeys(k for k, _ in payloads):
-            idx = [i for i, (k, _) in enumerate(payloads) if k == kind]
+        kinds = ["query" if p[0] == "search" else p[0] for p in payloads]
+        for kind in dict.fromkeys(kinds):
+            idx = [i for i, k in enumerate(kinds) if k == kind]
             texts = [t for i in idx for t in payloads[i][1]]
             vecs = self._encode_grouped(kind, texts)
             start = 0
@@ -256,7 +267,23 @@ class RetrievalService:
                 n = len(payloads[i][1])
                 out[i] = vecs[start : start + n]
                 start += n
+        for i, p in enumerate(payloads):
+            if p[0] == "search":
+                _, queries, filters, top_k = p
+                out[i] = [
+                    self._direct_search(q, v, filters, top_k)
+                    for q, v in zip(queries, out[i], strict=True)
+                ]
         return out
+
+    def _direct_search(self, query: str, vec: Any, filters: Any, top_k: int | None) -> Any:
+        """A query's dense candidates, or its error (one bad query fails only its request)."""
+        try:
+            return self.pipe.retrieve_candidates(
+                query, embedding=vec, filters=filters, top_k=top_k, direct=True
+            )
+        except Exception as e:
+            return _Failed(e)
 
     async def embed(self, kind: EmbedKind, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` (merged with other requests' texts when batching is on)."""
@@ -295,7 +322,16 @@ class RetrievalService:
     def _first_stage(
         self, query: str, vec: Any, filters: Any, top_k: int | None
     ) -> tuple[list[RankedNode], list[tuple[str, str]], int]:
-        cands = self.pipe.retrieve_candidates(query, embedding=vec, filters=filters, top_k=top_k)
+        cands = self.pipe.retrieve_candidates(
+            query, embedding=vec, filters=filters, top_k=top_k, direct=True
+        )
+        return self._pairs_for(query, cands)
+
+    def _pairs_for(
+        self, query: str, cands: list[RankedNode]
+    ) -> tuple[list[RankedNode], list[tuple[str, str]], int]:
+        """The candidates with their rerank pairs and the pairs' tokens (none without a
+        reranker)."""
         reranker = self.pipe.reranker
         if reranker is None:
             return cands, [], 0
@@ -323,15 +359,35 @@ class RetrievalService:
         for q in queries:
             if not isinstance(q, str) or not q.strip():
                 raise ValueError(f"query must be a non-empty string, but got {q!r}")
-        vecs: list[Any] = [None] * len(queries)
-        if self.pipe.needs_query_embedding:
-            vecs = list(await self.embed("query", queries))
-        staged = await asyncio.gather(
-            *(
-                self._run_search(self._first_stage, q, v, parsed, top_k)
-                for q, v in zip(queries, vecs, strict=True)
+        if self._embed is not None and self.pipe.config.retriever.mode == "dense":
+            # Dense search takes well under a millisecond: it runs in the model worker right
+            # after the batch's encode, so a batch's requests stay together (handed to other
+            # threads, they took turns for the GIL with the next encode and split the batches).
+            found = await self._embed.submit(
+                ("search", list(queries), parsed, top_k), cost=len(queries)
             )
-        )
+            for c in found:
+                if isinstance(c, _Failed):
+                    raise c.error
+            if self.pipe.reranker is None:
+                staged = [(c, [], 0) for c in found]
+            else:
+                staged = await asyncio.gather(
+                    *(
+                        self._run_search(self._pairs_for, q, c)
+                        for q, c in zip(queries, found, strict=True)
+                    )
+                )
+        else:
+            vecs: list[Any] = [None] * len(queries)
+            if self.pipe.needs_query_embedding:
+                vecs = list(await self.embed("query", queries))
+            staged = await asyncio.gather(
+                *(
+                    self._run_search(self._first_stage, q, v, parsed, top_k)
+                    for q, v in zip(queries, vecs, strict=True)
+                )
+            )
         if self.pipe.reranker is None:
             return [self.pipe.rank_candidates(c, top_n=top_n) for c, _, _ in staged]
         pairs = [p for _, ps, _ in staged for p in ps]

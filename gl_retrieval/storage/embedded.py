@@ -70,6 +70,8 @@ FORMAT, VERSION = "gl_retrieval.embedded_vector_store", 1
 _NODE_TYPES: dict[str, type[BaseNode]] = {
     c.class_name(): c for c in (TextNode, Node, Document, ImageNode, IndexNode)
 }
+#: Nodes kept decoded for ``query(shared_nodes=True)``, at most (then the cache starts over).
+_SHARED_NODES = 50_000
 _SETTINGS = (
     "similarity",
     "ann",
@@ -132,6 +134,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
     _graph: HnswGraph | None = PrivateAttr(default=None)
     _graph_has_dead: bool = PrivateAttr(default=False)  # rows died since the graph last looked
     _persist_paths: dict[str, Path] | None = PrivateAttr(default=None)  # the files it loaded
+    _shared: dict[int, BaseNode] = PrivateAttr(default_factory=dict)  # row -> node, read-only
 
     @classmethod
     def class_name(cls) -> str:
@@ -189,12 +192,19 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
             out[order] = np.concatenate(list(self._vectors.vectors_of(rows[order])))
         return out
 
-    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+    def query(
+        self, query: VectorStoreQuery, *, shared_nodes: bool = False, **kwargs: Any
+    ) -> VectorStoreQueryResult:
         """Top ``similarity_top_k`` nodes by similarity, after ``node_ids``, ``doc_ids`` and
         ``filters`` restricted the rows (a filter never starves the result).
 
         An empty ``node_ids`` or ``doc_ids`` list means no restriction, as in LlamaIndex's other
         text-storing stores: ``VectorStoreIndex.as_retriever`` passes ``node_ids=[]`` for them.
+
+        Each call decodes fresh node objects, which the caller may modify. With
+        ``shared_nodes=True`` it hands out nodes decoded once and kept, the same objects to
+        every caller, which must not modify them; decoding is most of a query's time on a small
+        corpus (``serve`` reads them only to answer).
         """
         if query.mode != VectorStoreQueryMode.DEFAULT:
             raise ConfigError(
@@ -218,7 +228,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         allowed = self._allowed(query.node_ids or None, query.doc_ids or None, query.filters)
         rows, scores = self._search(q, k=query.similarity_top_k, allowed=allowed)
         return VectorStoreQueryResult(
-            nodes=[self._node(int(r)) for r in rows],
+            nodes=[(self._shared_node if shared_nodes else self._node)(int(r)) for r in rows],
             similarities=[float(s) for s in scores],
             ids=[self._ids[int(r)] for r in rows],
         )
@@ -466,6 +476,15 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         body = self._body.load(row)
         cls = _NODE_TYPES[body.get("class_name", "TextNode")]
         return cls.model_validate({**body, "id_": self._ids[row], "metadata": self._meta.load(row)})
+
+    def _shared_node(self, row: int) -> BaseNode:
+        shared = self._shared
+        node = shared.get(row)
+        if node is None:
+            if len(shared) >= _SHARED_NODES:
+                shared.clear()
+            node = shared[row] = self._node(row)
+        return node
 
     def _kill(self, row: int) -> None:
         if not self._vectors.kill(row):
