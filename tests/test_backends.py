@@ -52,7 +52,8 @@ def onnx_embedder(export_cache: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def openvino_embedder(export_cache: Path) -> Any:
-    emb = _emb("openvino")
+    # f32 forced: `auto` is bf16 on CPUs with bf16 units (AMX, AVX-512 BF16), tested below.
+    emb = _emb("openvino", "none")
     emb.warmup()
     return emb
 
@@ -92,6 +93,22 @@ def test_vectors_close_to_torch(which: str, minilm_embedder: Any, request: Any) 
         k: v for k, v in ref_fp.items() if k not in ("backend", "precision")
     }
     assert fp["backend"] == which.split("_")[0] and ref_fp["backend"] == "torch"
+
+
+def test_openvino_auto_precision_is_recorded_and_close(
+    export_cache: Path, minilm_embedder: Any
+) -> None:
+    import openvino as ov
+
+    emb = _emb("openvino")
+    hint = str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    # OpenVINO's own default, recorded in the fingerprint so an index knows what built it.
+    assert emb.precision == ("bf16" if "bfloat16" in hint or "bf16" in hint else "fp32")
+    assert emb.fingerprint()["precision"] == emb.precision
+    ref, got = minilm_embedder.embed_documents(TEXTS), emb.embed_documents(TEXTS)
+    # bf16 keeps ~3 significant digits: vectors agree to a cosine of 0.999, not to 1e-4.
+    assert np.min(np.sum(ref * got, axis=1)) > 0.999
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
