@@ -7,9 +7,12 @@ One run, everything in ratios against baselines measured in the same run:
 * pipelines: ``dense`` (packaged MiniLM, top 10) and ``ce`` (top 20 + a random-weight
   cross-encoder of bge-reranker-base's size: BertForSequenceClassification, hidden 768,
   12 layers, num_labels 1, saved with the MiniLM tokenizer);
-* 1, 4, 16 and 64 concurrent clients from a separate load-generator process (httpx async),
-  a few seconds per cell; req/s, p50/p99 of answered requests, and 503s;
-* in-process ``pipe.retrieve`` p50 (one thread) as the 1-client target.
+* 1, 4, 16 and 64 concurrent clients from a separate load-generator process (aiohttp, or
+  httpx), a few seconds per cell; req/s, p50/p99 of answered requests, and 503s;
+* in-process ``pipe.retrieve`` p50 (one thread) as the 1-client target;
+* the headline ratio, (a)/(c) at 16 clients dense, once more from ``--pairs`` interleaved
+  cells with both servers up (the median), since this VM's speed drifts between the sweep's
+  (a) and (c) cells.
 
 Each server runs in its own process with ``torch.set_num_threads(--threads)``; the corpus is
 the first ``--docs`` documents of the shared SciFact corpus (indexed once, dense mode).
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -31,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -330,49 +335,85 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"in-process retrieve p50 [{p}]: {report['in_process_p50_ms'][p]:.1f} ms", flush=True)
     for p in pipelines:
+        duration = args.ce_duration if p == "ce" else args.duration
+        clients = [int(x) for x in args.ce_clients.split(",")] if p == "ce" else CLIENTS
         for kind in SERVERS:
-            port = _free_port()
-            url = f"http://127.0.0.1:{port}"
-            server = _child(
-                [
-                    *("--server", kind, "--pipeline", p, "--port", str(port)),
-                    *("--threads", args.threads),
-                ],
-                args.threads,
-            )
-            try:
-                _wait_ready(url, server)
+            with _server(kind, p, args.threads) as url:
                 import httpx
 
                 info = httpx.get(url + "/v1/info", timeout=10).json()
                 report["server_threads"][f"{p}/{kind}"] = info["serve"]["threads"]
-                duration = args.ce_duration if p == "ce" else args.duration
-                clients = [int(x) for x in args.ce_clients.split(",")] if p == "ce" else CLIENTS
                 for c in clients:
-                    load = _child(
-                        [
-                            *("--load", url, "--clients", str(c)),
-                            *("--duration", str(duration), "--client", args.client),
-                        ],
-                        "1",
-                    )
-                    out, _ = load.communicate(timeout=duration * 10 + 120)
-                    cell = {
-                        "pipeline": p,
-                        "server": kind,
-                        **json.loads(out.strip().splitlines()[-1]),
-                    }
-                    cell["loadavg"] = os.getloadavg()[0]
+                    cell = {"pipeline": p, "server": kind, **_cell(url, c, duration, args.client)}
                     report["cells"].append(cell)
                     print(json.dumps(cell), flush=True)
-            finally:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+    if "dense" in pipelines and args.pairs:
+        report["pairs"] = paired_ratio(args)
     report["loadavg_after"] = os.getloadavg()
     return report
+
+
+@contextlib.contextmanager
+def _server(kind: str, pipeline: str, threads: str) -> Iterator[str]:
+    """One server process, ready; SIGTERM (drain) on exit."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _child(
+        [*("--server", kind, "--pipeline", pipeline, "--port", str(port)), *("--threads", threads)],
+        threads,
+    )
+    try:
+        _wait_ready(url, server)
+        yield url
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _cell(url: str, clients: int, duration: float, client: str) -> dict[str, Any]:
+    """One load-generator run against ``url``, with the load average at its end."""
+    load = _child(
+        [
+            *("--load", url, "--clients", str(clients)),
+            *("--duration", str(duration), "--client", client),
+        ],
+        "1",
+    )
+    out, _ = load.communicate(timeout=duration * 10 + 120)
+    return {**json.loads(out.strip().splitlines()[-1]), "loadavg": os.getloadavg()[0]}
+
+
+def paired_ratio(args: argparse.Namespace, clients: int = 16) -> dict[str, Any]:
+    """The headline (a)/(c) ratio from interleaved cells, both servers up at once.
+
+    This VM's speed drifts by 2x from minute to minute (neighbours on the shared cores), so
+    one (a) cell and one (c) cell a minute apart can compare two different machines. Here each
+    pair runs back to back, the order alternating (a c, c a, ...), and the ratio reported is
+    the median over the pairs; the idle server meanwhile only polls for a new generation.
+    """
+    pairs = []
+    with _server("a", "dense", args.threads) as url_a, _server("c", "dense", args.threads) as url_c:
+        for i in range(args.pairs):
+            order = [("a", url_a), ("c", url_c)][:: 1 if i % 2 == 0 else -1]
+            got = {k: _cell(u, clients, args.duration, args.client) for k, u in order}
+            pair = {
+                "a_req_s": got["a"]["req_s"],
+                "c_req_s": got["c"]["req_s"],
+                "ratio": got["a"]["req_s"] / max(got["c"]["req_s"], 1e-9),
+                "loadavg": got[order[-1][0]]["loadavg"],
+            }
+            pairs.append(pair)
+            print(json.dumps({"pair": i + 1, **pair}), flush=True)
+    return {
+        "clients": clients,
+        "pairs": pairs,
+        "median_ratio": statistics.median(p["ratio"] for p in pairs),
+        "min_ratio": min(p["ratio"] for p in pairs),
+        "max_ratio": max(p["ratio"] for p in pairs),
+    }
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
@@ -416,7 +457,15 @@ def targets(report: dict[str, Any]) -> list[str]:
     a16, c16 = cell("dense", "a", 16), cell("dense", "c", 16)
     if a16 and c16 and c16["req_s"]:
         ratio = a16["req_s"] / c16["req_s"]
-        out.append(f"dense, 16 clients: (a)/(c) throughput = {ratio:.2f}x (target >= 3x)")
+        out.append(f"dense, 16 clients, the sweep's cells: (a)/(c) throughput = {ratio:.2f}x")
+    if report.get("pairs"):
+        pr = report["pairs"]
+        each = ", ".join(f"{x['a_req_s']:.0f}/{x['c_req_s']:.0f}" for x in pr["pairs"])
+        out.append(
+            f"dense, {pr['clients']} clients, {len(pr['pairs'])} interleaved pairs (a/c req/s: "
+            f"{each}): (a)/(c) median {pr['median_ratio']:.2f}x, range "
+            f"{pr['min_ratio']:.2f}-{pr['max_ratio']:.2f}x (target >= 3x)"
+        )
     a1 = cell("dense", "a", 1)
     if a1 and a1["p50_ms"] is not None:
         base = report["in_process_p50_ms"].get("dense")
@@ -490,6 +539,12 @@ def main() -> None:
         default="auto",
         help="torch threads of every server; auto: each applies the library's rule "
         "(serve with batching: the cores, up to 4; otherwise half the cores)",
+    )
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=5,
+        help="interleaved (a)/(c) 16-client cell pairs for the headline ratio; 0: none",
     )
     ap.add_argument("--pipelines", default="dense,ce")
     ap.add_argument("--plot", type=Path, default=RESULTS / "serve.png")
