@@ -57,12 +57,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _int_or_auto(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
 def _config(pipeline: str, *, batching: bool, threads: str = "auto") -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "embedder": {
             "provider": "huggingface",
             "model": "packaged:all-MiniLM-L6-v2",
             "backend": os.environ.get("GL_BENCH_BACKEND", "torch"),
+            "unpad": os.environ.get("GL_BENCH_UNPAD", "1") == "1",
         },
         "retriever": {"top_k": 10 if pipeline == "dense" else 20, "mode": "dense"},
         "storage": {"persist_dir": str(WORK / "index")},
@@ -70,7 +75,8 @@ def _config(pipeline: str, *, batching: bool, threads: str = "auto") -> dict[str
         "serve": {
             "batching": batching,
             "max_batch_size": int(os.environ.get("GL_BENCH_MAX_BATCH", "32")),
-            "max_wait_ms": 2.0,
+            "max_wait_ms": float(os.environ.get("GL_BENCH_MAX_WAIT_MS", "2")),
+            "embed_workers": _int_or_auto(os.environ.get("GL_BENCH_EMBED_WORKERS", "auto")),
             "queue_size": QUEUE_SIZE,
             "request_timeout_s": 60,
         },

@@ -83,6 +83,12 @@ class _BackendMixin:
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
+def _auto_or_range(name: str, value: int | str, most: int) -> int | str:
+    if isinstance(value, int) and not 1 <= value <= most:
+        raise ValueError(f"{name} must be 'auto' or 1..{most}, but got {value}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -125,6 +131,12 @@ class HuggingFaceEmbedderConfig(_EmbedderCommon, _BackendMixin):
     )
     backend: Backend = Field(default="torch", description=_BACKEND_DOC)
     quantization: Quantization = Field(default="auto", description=_QUANT_DOC)
+    unpad: bool = Field(
+        default=True,
+        description="torch backend, BERT-family models (MiniLM, bge, e5): pack a batch's tokens "
+        "so that the linear layers skip the padding (1.5x on mixed-length query batches; the "
+        "same vectors to float tolerance). false: sentence-transformers' padded encode.",
+    )
 
     @model_validator(mode="after")
     def _backend_fits(self) -> HuggingFaceEmbedderConfig:
@@ -220,9 +232,7 @@ class RuntimeConfig(_Strict):
     @field_validator("threads")
     @classmethod
     def _positive(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 256:
-            raise ValueError(f"threads must be 'auto' or 1..256, but got {value}")
-        return value
+        return _auto_or_range("threads", value, 256)
 
 
 class RetrieverConfig(_Strict):
@@ -408,6 +418,13 @@ class ServeConfig(_Strict):
         le=10_000,
         description="How long a batch waits for more requests once the model is free.",
     )
+    embed_workers: int | Literal["auto"] = Field(
+        default="auto",
+        description="Threads that each run a merged query-embedding call, side by side. auto: "
+        "2 on 2+ cores when the embedder is torch with unpad and no reranker is configured "
+        "(runtime.threads auto then gives each cores / 2, up to 4), else 1. Above 1 needs an "
+        "unpadded torch embedder; others run with 1.",
+    )
     rerank_max_batch_tokens: int = Field(
         default=16384,
         gt=0,
@@ -453,6 +470,11 @@ class ServeConfig(_Strict):
     drain_timeout_s: float = Field(
         default=20.0, gt=0, description="On SIGTERM, how long in-flight requests may finish."
     )
+
+    @field_validator("embed_workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        return _auto_or_range("embed_workers", value, 64)
 
 
 class PipelineConfig(_Strict):

@@ -64,21 +64,24 @@ def default_threads(*, workers: int = 1, cores: int | None = None) -> int:
     return max(1, min(MAX_DEFAULT_THREADS, cores // 2 // max(1, workers)))
 
 
-def serve_threads(*, batching: bool, cores: int | None = None) -> int:
+def serve_threads(*, batching: bool, cores: int | None = None, workers: int = 1) -> int:
     """``runtime.threads: auto`` under ``gl-retrieval serve``.
 
-    With batching on, one worker thread per model makes every model call, one batch at a
-    time, so the model may use the cores (up to 4) without oversubscribing them. With batching
-    off, every request calls the model from its own thread at once, so each call keeps to the
-    per-process default (:func:`default_threads`). See docs/serving.md for the measurement.
+    With batching on, ``workers`` threads per model make the model calls, one batch each at a
+    time, so each may use its share of the cores (up to 4) without oversubscribing them. With
+    batching off, every request calls the model from its own thread at once, so each call keeps
+    to the per-process default (:func:`default_threads`). See docs/serving.md for the
+    measurement.
 
     Example:
         >>> [serve_threads(batching=b, cores=c) for b, c in ((True, 2), (False, 2), (True, 16))]
         [2, 1, 4]
+        >>> serve_threads(batching=True, cores=2, workers=2)
+        1
     """
     cores = cpu_count() if cores is None else cores
     if batching:
-        return max(1, min(MAX_DEFAULT_THREADS, cores))
+        return max(1, min(MAX_DEFAULT_THREADS, cores // max(1, workers)))
     return default_threads(cores=cores)
 
 

@@ -294,6 +294,13 @@ def test_serve_threads_give_a_batching_server_the_cores_and_an_unbatched_one_the
 
     assert [serve_threads(batching=True, cores=c) for c in (1, 2, 8)] == [1, 2, 4]
     assert [serve_threads(batching=False, cores=c) for c in (1, 2, 8)] == [1, 1, 4]
+    # Two embed workers share the cores: each gets its half, still up to 4.
+    assert [serve_threads(batching=True, cores=c, workers=2) for c in (1, 2, 8, 16)] == [
+        1,
+        1,
+        4,
+        4,
+    ]
 
 
 def test_runtime_threads_config_reaches_embedder_and_reranker(tiny_cross_encoder: Path) -> None:

@@ -24,6 +24,8 @@ def raw_minilm(minilm_path: Path) -> Any:
 
 
 def _spy_encode(emb: SentenceTransformerEmbedder, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What reaches ``SentenceTransformer.encode`` (the padded path, ``unpad: false``; the
+    unpadded path has the same checks in tests/test_unpadded.py)."""
     calls: list[Any] = []
     model = emb.st_model
     real = model.encode
@@ -39,7 +41,7 @@ def _spy_encode(emb: SentenceTransformerEmbedder, monkeypatch: pytest.MonkeyPatc
 def test_prefixes_reach_the_model_exactly_once(
     monkeypatch: pytest.MonkeyPatch, raw_minilm: Any
 ) -> None:
-    emb = build_embedder(HuggingFaceEmbedderConfig(model=MINILM, preset="e5"))
+    emb = build_embedder(HuggingFaceEmbedderConfig(model=MINILM, preset="e5", unpad=False))
     calls = _spy_encode(emb, monkeypatch)
     docs = emb.embed_documents(["alpha", "beta"])
     query = emb.get_query_embedding("gamma")
@@ -52,7 +54,9 @@ def test_prefixes_reach_the_model_exactly_once(
 
 
 def test_llama_index_batch_path_applies_document_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
-    emb = build_embedder(HuggingFaceEmbedderConfig(model=MINILM, document_prefix="doc: "))
+    emb = build_embedder(
+        HuggingFaceEmbedderConfig(model=MINILM, document_prefix="doc: ", unpad=False)
+    )
     calls = _spy_encode(emb, monkeypatch)
     emb.get_text_embedding_batch(["one", "two", "three"])
     assert [t for c in calls for t in c[0]] == ["doc: one", "doc: two", "doc: three"]
@@ -60,7 +64,7 @@ def test_llama_index_batch_path_applies_document_prefix(monkeypatch: pytest.Monk
 
 def test_normalises_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # all-MiniLM-L6-v2 ends in a Normalize layer, so sentence-transformers must not normalise again.
-    emb = build_embedder(HuggingFaceEmbedderConfig(model=MINILM))
+    emb = build_embedder(HuggingFaceEmbedderConfig(model=MINILM, unpad=False))
     calls = _spy_encode(emb, monkeypatch)
     vecs = emb.embed_documents(["a short text", "another one"])
     assert calls[0][1]["normalize_embeddings"] is False
@@ -69,7 +73,7 @@ def test_normalises_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_normalises_when_the_model_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    emb = build_embedder(HuggingFaceEmbedderConfig(model=MINILM))
+    emb = build_embedder(HuggingFaceEmbedderConfig(model=MINILM, unpad=False))
     model = emb.st_model
     emb._model_normalizes = False  # as for a model without a Normalize layer
     calls = _spy_encode(emb, monkeypatch)
@@ -79,7 +83,7 @@ def test_normalises_when_the_model_does_not(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_batch_size_is_passed_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    emb = build_embedder(HuggingFaceEmbedderConfig(model=MINILM, batch_size=7))
+    emb = build_embedder(HuggingFaceEmbedderConfig(model=MINILM, batch_size=7, unpad=False))
     calls = _spy_encode(emb, monkeypatch)
     emb.embed_documents(["x"] * 10)
     assert calls[0][1]["batch_size"] == 7

@@ -131,3 +131,74 @@ def test_split_by_length_keeps_every_index_once_and_groups_similar_lengths() -> 
     spans = [(min(lengths[i] for i in g), max(lengths[i] for i in g)) for g in groups]
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # runs, in order
     assert split_by_length([], call_cost=32) == []
+
+
+def test_batcher_workers_run_batches_side_by_side_and_all_stop_on_close() -> None:
+    import threading
+
+    from gl_retrieval.serve.batching import MicroBatcher
+
+    both = threading.Barrier(2, timeout=10)  # passes only if two batches run at once
+    seen: list[str] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        seen.append(threading.current_thread().name)
+        both.wait()
+        return [x * 2 for x in xs]
+
+    b = MicroBatcher(fn, name="pair", max_cost=1, max_wait_s=0, workers=2)
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(b.submit(1), b.submit(2)))
+
+    assert asyncio.run(main()) == [2, 4]
+    assert sorted(seen) == ["gl-batch-pair-0", "gl-batch-pair-1"]
+    b.close()
+    for t in b._threads:
+        t.join(timeout=5)
+        assert not t.is_alive()
+
+
+def test_embed_workers_auto_is_two_only_for_an_unpadded_torch_embedder_without_reranker(
+    tiny_cross_encoder: Path,
+) -> None:
+    from gl_retrieval.serve.service import embed_workers_for
+
+    def cfg(**over: Any) -> Any:
+        base: dict[str, Any] = {"embedder": {"model": MINILM}}
+        for key, value in over.items():
+            base[key] = {**base.get(key, {}), **value}
+        return parse_config(base)
+
+    assert embed_workers_for(cfg(), cores=2) == 2
+    assert embed_workers_for(cfg(), cores=1) == 1
+    assert embed_workers_for(cfg(embedder={"unpad": False}), cores=2) == 1
+    assert embed_workers_for(cfg(embedder={"backend": "onnx"}), cores=2) == 1
+    assert embed_workers_for(cfg(reranker={"model": str(tiny_cross_encoder)}), cores=2) == 1
+    assert embed_workers_for(cfg(serve={"batching": False}), cores=2) == 1
+    assert embed_workers_for(cfg(serve={"embed_workers": 3}), cores=2) == 3
+    with pytest.raises(Exception, match="embed_workers"):
+        cfg(serve={"embed_workers": 0})
+
+
+def test_a_padded_embedder_runs_one_worker_whatever_the_config_asks(tmp_path: Path) -> None:
+    from gl_retrieval.serve.service import RetrievalService
+
+    corpus = write_corpus(tmp_path / "c.jsonl", SMALL_CORPUS)
+    base = {
+        "embedder": {"model": MINILM, "unpad": False},
+        "storage": {"persist_dir": str(tmp_path / "idx")},
+        "sources": [{"path": str(corpus)}],
+    }
+    cfg = parse_config({**base, "serve": {"embed_workers": 2}})
+    service = RetrievalService(RetrievalPipeline(cfg), cfg.serve).start()
+    try:
+        assert service.embed_workers == 1
+    finally:
+        service.close()
+    cfg = parse_config({**base, "embedder": {"model": MINILM}, "serve": {"embed_workers": 2}})
+    service = RetrievalService(RetrievalPipeline(cfg), cfg.serve).start()
+    try:
+        assert service.embed_workers == 2
+    finally:
+        service.close()

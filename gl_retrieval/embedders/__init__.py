@@ -54,6 +54,7 @@ def _build_huggingface(cfg: HuggingFaceEmbedderConfig, *, threads: int) -> GLEmb
         model=cfg.model,
         revision=cfg.revision,
         device=cfg.device,
+        unpad=cfg.unpad,
         threads=threads,
         max_length=cfg.max_length,
         batch_size=cfg.batch_size,

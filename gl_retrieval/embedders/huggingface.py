@@ -76,9 +76,17 @@ class SentenceTransformerEmbedder(GLEmbedding):
     device: str = "auto"
     threads: int | None = None
     max_length: int | None = None
+    unpad: bool = Field(
+        default=True,
+        description="Pack a batch's tokens past the padding (BERT-family models; "
+        "see gl_retrieval.embedders.unpadded).",
+    )
 
     _st: Any = PrivateAttr(default=None)
+    _unpadded: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    # Every use of the tokenizer outside encode() (see embedders.unpadded for why).
+    _tok_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _model_normalizes: bool = PrivateAttr(default=False)
 
     def __init__(self, *, model: str, batch_size: int = 64, **data: Any) -> None:
@@ -103,6 +111,10 @@ class SentenceTransformerEmbedder(GLEmbedding):
                         m.max_seq_length = self.max_length
                     normalize_cls = require("sentence_transformers.models").Normalize
                     self._model_normalizes = any(isinstance(mod, normalize_cls) for mod in m)
+                    if self.unpad:
+                        from gl_retrieval.embedders.unpadded import unpadded_plan
+
+                        self._unpadded = unpadded_plan(m, lock=self._tok_lock)
                     self._st = m
         return self._st
 
@@ -112,8 +124,27 @@ class SentenceTransformerEmbedder(GLEmbedding):
 
     # -- the contract --------------------------------------------------------------------------
 
+    @property
+    def unpadded(self) -> bool:
+        """True when batches skip their padding (``unpad`` on and a BERT-family model), so that
+        merging texts of different lengths into one call costs nothing extra."""
+        self.st_model  # noqa: B018 - the plan is made when the model loads
+        return self._unpadded is not None
+
     def _encode(self, texts: Sequence[str], *, show_progress: bool) -> np.ndarray:
         m = self.st_model
+        if self._unpadded is not None:
+            bar = _progress(len(texts), show_progress)
+            try:
+                return self._unpadded.encode(
+                    texts,
+                    batch_size=self.embed_batch_size,
+                    normalize=self.normalize,
+                    progress=bar.update if bar is not None else None,
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
         vecs = m.encode(
             list(texts),
             batch_size=self.embed_batch_size,
@@ -142,21 +173,24 @@ class SentenceTransformerEmbedder(GLEmbedding):
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         tok = self.st_model.tokenizer
-        enc = tok(
-            list(texts),
-            add_special_tokens=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
+        with self._tok_lock:
+            enc = tok(
+                list(texts),
+                add_special_tokens=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )
         return [len(ids) for ids in enc["input_ids"]]
 
     def tokenize_fn(self) -> Any:
         """A ``str -> list[int]`` callable in the model's tokenizer (for LlamaIndex splitters)."""
         tok = self.st_model.tokenizer
+        lock = self._tok_lock
 
         def encode(text: str) -> list[int]:
-            return tok(text, add_special_tokens=False, verbose=False)["input_ids"]
+            with lock:
+                return tok(text, add_special_tokens=False, verbose=False)["input_ids"]
 
         return encode
 
@@ -173,3 +207,11 @@ class SentenceTransformerEmbedder(GLEmbedding):
             "backend": "torch",
             "precision": "fp16" if str(self.st_model.device).startswith("cuda") else "fp32",
         }
+
+
+def _progress(total: int, show: bool) -> Any:
+    if not show or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="embedding", unit="text")

@@ -380,6 +380,7 @@ def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastA
             "queue_size": cfg.queue_size,
             "max_queue_wait_ms": cfg.max_queue_wait_ms,
             "threads": service.pipe.config.runtime.threads,
+            "embed_workers": service.embed_workers,
             "reranker": service.pipe.reranker is not None,
             "retriever_mode": service.pipe.config.retriever.mode,
         }

@@ -74,6 +74,8 @@ class MicroBatcher:
         pending: How many requests are in flight anywhere (admitted and unanswered); the
             batcher only waits for more when more exist. Default: always wait.
         observe: Called as ``observe(batch_size, cost, waits)`` after each batch (metrics).
+        workers: Threads that each take a batch and run ``fn`` on it, concurrently; ``fn`` must
+            be thread-safe when this is above 1.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class MicroBatcher:
         max_queue: int = 1024,
         pending: Callable[[], int] | None = None,
         observe: Callable[[int, int, list[float]], None] | None = None,
+        workers: int = 1,
     ) -> None:
         self._fn = fn
         self.name = name
@@ -94,10 +97,14 @@ class MicroBatcher:
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
         self._pending = pending
         self._observe = observe
-        self._carry: _Item | None = None
+        self._local = threading.local()  # each worker's carried-over item
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"gl-batch-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"gl-batch-{name}-{i}", daemon=True)
+            for i in range(max(1, int(workers)))
+        ]
+        for t in self._threads:
+            t.start()
 
     async def submit(self, payload: Any, *, cost: int = 1) -> Any:
         """Queue ``payload`` for the next batch and wait for its result.
@@ -127,9 +134,10 @@ class MicroBatcher:
 
     def _next(self, timeout: float | None) -> _Item | object | None:
         """The next item, ``None`` when closed, or ``_EMPTY`` when nothing came in time."""
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
+        carry = getattr(self._local, "carry", None)
+        if carry is not None:
+            self._local.carry = None
+            return carry
         try:
             return self._queue.get(timeout=timeout) if timeout != 0 else self._queue.get_nowait()
         except queue.Empty:
@@ -156,7 +164,7 @@ class MicroBatcher:
             if item.future.done():  # timed out while waiting
                 continue
             if cost + item.cost > self._max_cost:
-                self._carry = item
+                self._local.carry = item
                 break
             batch.append(item)
             cost += item.cost
@@ -166,6 +174,7 @@ class MicroBatcher:
         while True:
             first = self._next(None)
             if first is None:
+                self._queue.put(None)  # and the next worker stops too
                 return
             if not isinstance(first, _Item) or first.future.done():
                 continue

@@ -89,12 +89,19 @@ def create_server(
     check_bind(host, api_key=key, insecure=insecure)
     if pipeline is None and config.runtime.threads == "auto":
         from gl_retrieval.runtimes import serve_threads
+        from gl_retrieval.serve.service import embed_workers_for
 
-        threads = serve_threads(batching=scfg.batching)
+        workers = embed_workers_for(config)
+        threads = serve_threads(batching=scfg.batching, workers=workers)
         config = config.model_copy(
             update={"runtime": config.runtime.model_copy(update={"threads": threads})}
         )
-        log.info("runtime.threads auto: %d per model call (batching %s)", threads, scfg.batching)
+        log.info(
+            "runtime.threads auto: %d per model call (batching %s, %d embed workers)",
+            threads,
+            scfg.batching,
+            workers,
+        )
     pipe = pipeline if pipeline is not None else RetrievalPipeline(config)
     service = RetrievalService(pipe, scfg).start()
     if not service.ready:
