@@ -328,6 +328,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "queue_size": QUEUE_SIZE,
         "server_threads": {},
+        "embed_workers": {},
         "client": args.client,
         "backend": args.backend,
         "max_batch_size": args.max_batch_size,
@@ -349,6 +350,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 
                 info = httpx.get(url + "/v1/info", timeout=10).json()
                 report["server_threads"][f"{p}/{kind}"] = info["serve"]["threads"]
+                report["embed_workers"][f"{p}/{kind}"] = info["serve"].get("embed_workers", 1)
                 for c in clients:
                     cell = {"pipeline": p, "server": kind, **_cell(url, c, duration, args.client)}
                     report["cells"].append(cell)
@@ -430,6 +432,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"SciFact first {report['docs']} docs, {report['duration_s']} s per cell, "
         f"torch threads per server {report.get('server_threads') or report['threads']}, "
+        f"embed workers {report.get('embed_workers') or '-'}, "
         f"serve.queue_size = {report['queue_size']}, serve.max_queue_wait_ms 500; "
         f"load average before {report['loadavg_before'][0]:.1f}, after "
         f"{report['loadavg_after'][0]:.1f}.",
@@ -544,7 +547,8 @@ def main() -> None:
         "--threads",
         default="auto",
         help="torch threads of every server; auto: each applies the library's rule "
-        "(serve with batching: the cores, up to 4; otherwise half the cores)",
+        "(serve with batching: the cores, up to 4, split between its embed workers; "
+        "otherwise half the cores)",
     )
     ap.add_argument(
         "--pairs",

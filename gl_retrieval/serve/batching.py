@@ -1,9 +1,10 @@
-"""Batching across requests: a bounded queue in front of one worker thread per model.
+"""Batching across requests: a bounded queue in front of a model's worker threads.
 
-Requests on the event loop :meth:`MicroBatcher.submit` a payload and await its result; the
-worker thread takes everything that is waiting (up to ``max_cost``, e.g. texts or tokens),
-waits at most ``max_wait_s`` for more while other requests are on their way, runs one model
-call for the whole batch and hands each request its share. Model work never runs on the event
+Requests on the event loop :meth:`MicroBatcher.submit` a payload and await its result. A free
+worker thread (one by default, or ``workers`` side by side) takes everything that is waiting,
+up to ``max_cost`` (texts or tokens), and waits at most ``max_wait_s`` for more while other
+requests are on their way. It runs one model call for the whole batch and hands each request
+its share. Model work never runs on the event
 loop, so ``/healthz`` and ``/metrics`` answer while a batch runs.
 
 Example:
