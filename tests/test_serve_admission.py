@@ -202,3 +202,38 @@ def test_a_padded_embedder_runs_one_worker_whatever_the_config_asks(tmp_path: Pa
         assert service.embed_workers == 2
     finally:
         service.close()
+
+
+def test_several_workers_split_a_burst_into_fair_shares() -> None:
+    from gl_retrieval.serve.batching import MIN_SHARE, MicroBatcher
+
+    def burst(workers: int, n: int) -> list[int]:
+        sizes: list[int] = []
+        b = MicroBatcher(
+            lambda xs: (sizes.append(len(xs)), xs)[1],
+            name="burst",
+            max_cost=64,
+            max_wait_s=0.05,
+            pending=lambda: n,
+            workers=workers,
+        )
+
+        async def main() -> list[int]:
+            return list(await asyncio.gather(*(b.submit(i) for i in range(n))))
+
+        try:
+            assert asyncio.run(main()) == list(range(n))
+        finally:
+            b.close()
+        assert sum(sizes) == n
+        return sizes
+
+    # Two workers take at most half of the 32 in flight each; one worker takes them all.
+    assert max(burst(2, 32)) <= 16
+    assert burst(1, 32) == [32]
+    # The share never drops below MIN_SHARE, so a small burst is not cut into tiny batches.
+    b = MicroBatcher(lambda xs: xs, name="share", max_cost=64, pending=lambda: 6, workers=2)
+    try:
+        assert b._share() == MIN_SHARE
+    finally:
+        b.close()
