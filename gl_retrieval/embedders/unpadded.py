@@ -16,9 +16,10 @@ MiniLM, bge and e5. For any other stack, :func:`unpadded_plan` returns ``None`` 
 keeps ``encode``.
 
 Example:
-    >>> from gl_retrieval.testing import packaged_model_path  # doctest: +SKIP
-    >>> st = SentenceTransformer(packaged_model_path())       # doctest: +SKIP
-    >>> plan = unpadded_plan(st)                              # doctest: +SKIP
+    >>> from sentence_transformers import SentenceTransformer  # doctest: +SKIP
+    >>> from gl_retrieval.models import resolve_model_path      # doctest: +SKIP
+    >>> st = SentenceTransformer(resolve_model_path("packaged:all-MiniLM-L6-v2"))  # doctest: +SKIP
+    >>> plan = unpadded_plan(st)                                # doctest: +SKIP
     >>> plan.encode(["what is BM25?"], batch_size=64, normalize=True).shape  # doctest: +SKIP
     (1, 384)
 """
