@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from gl_retrieval.embedders.base import GLEmbedding
+from gl_retrieval.embedders.base import GLEmbedding, progress_bar
 from gl_retrieval.exports import ExportSpec, ensure_export, model_file, read_meta
 from gl_retrieval.runtimes import FastTokenizer, Runner, load_runner, openvino_precision
 
@@ -110,7 +110,7 @@ class ExportedEmbedder(GLEmbedding):
         order = np.argsort([-len(e.ids) for e in encs], kind="stable")
         out = np.zeros((len(encs), self.dimension), dtype=np.float32)
         step = self.embed_batch_size
-        bar = _progress(len(order), show_progress)
+        bar = progress_bar(len(order), show_progress, unit="chunk")
         for start in range(0, len(order), step):
             idx = order[start : start + step]
             feeds = tok.feeds([encs[i] for i in idx])
@@ -162,13 +162,3 @@ class ExportedEmbedder(GLEmbedding):
             "backend": self.backend,
             "precision": self.precision,
         }
-
-
-def _progress(total: int, show: bool) -> Any:
-    if not show or total == 0:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="embedding", unit="chunk")

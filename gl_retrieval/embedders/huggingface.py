@@ -17,7 +17,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from gl_retrieval._deps import require
 from gl_retrieval.devices import resolve_device
-from gl_retrieval.embedders.base import GLEmbedding
+from gl_retrieval.embedders.base import GLEmbedding, progress_bar
 from gl_retrieval.models import (
     apply_quiet,
     model_load_error,
@@ -134,7 +134,7 @@ class SentenceTransformerEmbedder(GLEmbedding):
     def _encode(self, texts: Sequence[str], *, show_progress: bool) -> np.ndarray:
         m = self.st_model
         if self._unpadded is not None:
-            bar = _progress(len(texts), show_progress)
+            bar = progress_bar(len(texts), show_progress, unit="text")
             try:
                 return self._unpadded.encode(
                     texts,
@@ -207,11 +207,3 @@ class SentenceTransformerEmbedder(GLEmbedding):
             "backend": "torch",
             "precision": "fp16" if str(self.st_model.device).startswith("cuda") else "fp32",
         }
-
-
-def _progress(total: int, show: bool) -> Any:
-    if not show or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="embedding", unit="text")

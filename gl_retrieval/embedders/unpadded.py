@@ -139,17 +139,17 @@ class UnpaddedEncoder:
         h = emb.reshape(b * length, -1).index_select(0, flat)  # (tokens, h)
         hidden = h.shape[1]
         key_mask = mask[:, None, None, :]  # attend to real keys only
+
+        def padded(x: Any, heads: int) -> Any:  # packed (tokens, h) -> (b, heads, L, h/heads)
+            grid = x.new_zeros(b * length, x.shape[1])
+            grid.index_copy_(0, flat, x)
+            return grid.view(b, length, heads, -1).transpose(1, 2)
+
         for layer in self.bert.encoder.layer:
             att = layer.attention
             sa = att.self
-            heads, dim = sa.num_attention_heads, sa.attention_head_size
-
-            def padded(x: Any, sa: Any = sa, heads: int = heads, dim: int = dim) -> Any:
-                grid = x.new_zeros(b * length, x.shape[1])
-                grid.index_copy_(0, flat, x)
-                return grid.view(b, length, heads, dim).transpose(1, 2)
-
-            q, k, v = padded(sa.query(h)), padded(sa.key(h)), padded(sa.value(h))
+            n = sa.num_attention_heads
+            q, k, v = padded(sa.query(h), n), padded(sa.key(h), n), padded(sa.value(h), n)
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=sa.scaling)
             ctx = ctx.transpose(1, 2).reshape(b * length, hidden).index_select(0, flat)
             h = att.output(ctx, h)
