@@ -225,7 +225,7 @@ def make_cross_encoder(path: Path, *, hidden: int, layers: int, from_minilm: boo
     import transformers
 
     from gl_retrieval.models import resolve_model_path
-    from gl_retrieval.testing import TOKENIZER_FILES
+    from gl_retrieval.models.stand_in import TOKENIZER_FILES
 
     if (path / "config.json").exists():
         return path
@@ -279,7 +279,7 @@ def scorer(model: Path, backend: str, quant: str, threads: int) -> Any:
 
 
 def bench_rerank(args: argparse.Namespace, work: Path) -> None:
-    from gl_retrieval.exports import ExportSpec, ensure_export
+    from gl_retrieval.models.exports import ExportSpec, ensure_export
 
     query, passages = pairs_256()
     shapes = {"bge-reranker-base size": (768, 12), "MiniLM-L-6 size": (384, 6)}

@@ -110,7 +110,7 @@ def prepare(docs: int) -> None:
         import transformers
 
         from gl_retrieval.models import resolve_model_path
-        from gl_retrieval.testing import TOKENIZER_FILES
+        from gl_retrieval.models.stand_in import TOKENIZER_FILES
 
         tok = Path(resolve_model_path("packaged:all-MiniLM-L6-v2"))
         vocab = sum(1 for _ in (tok / "vocab.txt").open(encoding="utf-8"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gl_retrieval._version import __version__
 from gl_retrieval.config import PipelineConfig, load_config
 from gl_retrieval.errors import (
     ConfigError,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from gl_retrieval.retrieval.results import RankedNode
     from gl_retrieval.serve.client import RemotePipeline
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

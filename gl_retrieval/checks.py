@@ -29,8 +29,8 @@ from gl_retrieval.config import (
     OllamaEmbedderConfig,
     PipelineConfig,
 )
+from gl_retrieval.config.limits import source_problem
 from gl_retrieval.errors import ConfigError, ModelLoadError, SourceError
-from gl_retrieval.limits import source_problem
 from gl_retrieval.models import (
     PACKAGED_MODELS,
     cached_snapshot,

@@ -26,8 +26,7 @@ try:  # typer >= 0.20 carries its own copy of click; older ones use click itself
 except ImportError:  # pragma: no cover - depends on the installed typer
     import click  # type: ignore[no-redef]
 
-from gl_retrieval import limits
-from gl_retrieval.config import PipelineConfig, load_config
+from gl_retrieval.config import PipelineConfig, limits, load_config
 from gl_retrieval.errors import (
     ConfigError,
     FilterError,
@@ -180,7 +179,7 @@ class _Group(typer.core.TyperGroup):
 
 def _version(value: bool) -> None:
     if value:
-        from gl_retrieval import __version__
+        from gl_retrieval._version import __version__
 
         typer.echo(f"gl-retrieval {__version__}")
         raise typer.Exit(EXIT_OK)
@@ -750,8 +749,13 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
     built once into $GL_RETRIEVAL_CACHE/exports (default ~/.cache/gl_retrieval/exports), so
     later processes, offline, load it without torch.
     """
-    from gl_retrieval.exports import configured_exports, ensure_export, exports_dir, spec_dict
     from gl_retrieval.models import configured_models, hf_cache_dir, pull_model
+    from gl_retrieval.models.exports import (
+        configured_exports,
+        ensure_export,
+        exports_dir,
+        spec_dict,
+    )
 
     cfg = load_config(config)
     reports, failures = [], []
@@ -789,7 +793,7 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
 @handle_errors
 def models_list(as_json: JsonOpt = False) -> None:
     """Show the cached onnx/openvino exports (built by `models pull` or on first use)."""
-    from gl_retrieval.exports import exports_dir, list_exports
+    from gl_retrieval.models.exports import exports_dir, list_exports
 
     rows = list_exports()
     if as_json:

@@ -71,7 +71,7 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, minilm_path: Pa
     with the packaged MiniLM's tokenizer: the real CrossEncoder loading path, meaningless scores.
     Not marked as a stand-in, so it reranks like any cross-encoder (see test_firstlook.py for
     the stand-in)."""
-    from gl_retrieval.testing import make_tiny_cross_encoder
+    from gl_retrieval.models.stand_in import make_tiny_cross_encoder
 
     path = tmp_path_factory.mktemp("tiny") / "tiny-cross-encoder"
     return make_tiny_cross_encoder(path, stand_in=False)

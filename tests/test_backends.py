@@ -151,7 +151,7 @@ def test_reranker_sorts_by_length_and_warns_once_on_truncation(
 def test_cache_reused_by_a_second_process_offline_without_torch(
     onnx_embedder: Any, export_cache: Path
 ) -> None:
-    from gl_retrieval.exports import list_exports
+    from gl_retrieval.models.exports import list_exports
 
     before = {r["path"]: r["created_at"] for r in list_exports()}
     code = (
@@ -182,8 +182,8 @@ def test_cache_reused_by_a_second_process_offline_without_torch(
 def test_export_is_atomic(
     tiny_cross_encoder: Path, export_cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import gl_retrieval._export_build as build
-    from gl_retrieval import exports
+    import gl_retrieval.models.export_build as build
+    from gl_retrieval.models import exports
 
     monkeypatch.setenv("GL_RETRIEVAL_CACHE", str(tmp_path))
     spec = exports.ExportSpec(str(tiny_cross_encoder), "reranker", "onnx", "none")
@@ -259,8 +259,8 @@ def test_query_path_never_imports_torch(
 def test_threads_reach_each_runtime(tiny_cross_encoder: Path, export_cache: Path) -> None:
     import torch
 
-    from gl_retrieval.exports import ExportSpec, ensure_export, model_file
-    from gl_retrieval.runtimes import default_threads, load_runner, resolve_threads
+    from gl_retrieval.models.exports import ExportSpec, ensure_export, model_file
+    from gl_retrieval.models.runtimes import default_threads, load_runner, resolve_threads
 
     run = load_runner(
         "onnx",
@@ -290,7 +290,7 @@ def test_threads_reach_each_runtime(tiny_cross_encoder: Path, export_cache: Path
 
 
 def test_serve_threads_give_a_batching_server_the_cores_and_an_unbatched_one_the_default() -> None:
-    from gl_retrieval.runtimes import serve_threads
+    from gl_retrieval.models.runtimes import serve_threads
 
     assert [serve_threads(batching=True, cores=c) for c in (1, 2, 8)] == [1, 2, 4]
     assert [serve_threads(batching=False, cores=c) for c in (1, 2, 8)] == [1, 1, 4]
@@ -342,7 +342,7 @@ def test_missing_extra_names_the_pip_line(
     tmp_path: Path,
     tiny_cross_encoder: Path,
 ) -> None:
-    from gl_retrieval.exports import ExportSpec, ensure_export
+    from gl_retrieval.models.exports import ExportSpec, ensure_export
 
     monkeypatch.setenv("GL_RETRIEVAL_CACHE", str(tmp_path))
     monkeypatch.setitem(sys.modules, module, None)

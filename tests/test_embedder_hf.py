@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from gl_retrieval.config import HuggingFaceEmbedderConfig
-from gl_retrieval.devices import resolve_device
 from gl_retrieval.embedders import build_embedder, get_embedder
 from gl_retrieval.embedders.huggingface import SentenceTransformerEmbedder
 from gl_retrieval.errors import ModelLoadError
+from gl_retrieval.models.devices import resolve_device
 from tests.conftest import MINILM
 
 

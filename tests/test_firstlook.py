@@ -61,7 +61,7 @@ def _hits(n: int = 4) -> list[RankedNode]:
 
 def test_the_stand_in_is_built_on_demand_and_marked(stand_in_cache: Path) -> None:
     from gl_retrieval.models import resolve_model_path
-    from gl_retrieval.testing import is_stand_in
+    from gl_retrieval.models.stand_in import is_stand_in
 
     path = Path(resolve_model_path(STAND_IN, role="reranker"))
     assert path.parent == stand_in_cache and (path / "config.json").exists()
@@ -176,8 +176,8 @@ def test_model_loads_print_no_bars_and_restore_transformers_settings(
 ) -> None:
     from transformers.utils import logging as hf_logging
 
+    from gl_retrieval.models.stand_in import make_tiny_cross_encoder
     from gl_retrieval.retrieval.rerankers import _load_cross_encoder
-    from gl_retrieval.testing import make_tiny_cross_encoder
 
     before = (hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity())
     path = make_tiny_cross_encoder(tmp_path / "ce", stand_in=False)

@@ -25,9 +25,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gl_retrieval import limits
 from gl_retrieval.cli import app
-from gl_retrieval.config import SourceConfig, parse_config
+from gl_retrieval.config import SourceConfig, limits, parse_config
 from gl_retrieval.errors import ConfigError, SourceError
 from gl_retrieval.eval.metrics import load_beir
 from gl_retrieval.ingest.sources import Skipped, read_sources

@@ -100,3 +100,20 @@ def test_no_module_imports_a_module_that_imports_it_back() -> None:
     assert cycles == [], "import cycles in gl_retrieval: " + "; ".join(
         " <-> ".join(c) for c in cycles
     )
+
+
+def test_the_package_root_holds_at_most_eight_modules() -> None:
+    root = sorted(p.name for p in ROOT.glob("*.py"))
+    assert len(root) <= 8, f"{len(root)} modules at the package root: {root}"
+
+
+def test_no_module_in_a_folder_imports_the_package_root() -> None:
+    """The arrow runs down: gl_retrieval/__init__ re-exports the rooms; no room imports it back
+    (``from gl_retrieval import X`` for a name the root defines, ``import gl_retrieval``)."""
+    graph = _graph()
+    back = sorted(
+        name
+        for name, deps in graph.items()
+        if "." in name.removeprefix("gl_retrieval.") and "gl_retrieval" in deps
+    )
+    assert back == [], f"modules that import the package root: {back}"

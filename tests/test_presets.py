@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gl_retrieval.presets import PRESETS, match_family, resolve_prefixes
+from gl_retrieval.config.presets import PRESETS, match_family, resolve_prefixes
 
 
 @pytest.mark.parametrize(

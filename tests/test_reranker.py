@@ -90,7 +90,7 @@ def test_pipeline_reranks_with_injected_scorer(small_config: dict[str, Any]) -> 
 
 def test_a_classifier_with_several_labels_is_refused(tmp_path: Path) -> None:
     from gl_retrieval.errors import ModelLoadError
-    from gl_retrieval.testing import make_tiny_cross_encoder
+    from gl_retrieval.models.stand_in import make_tiny_cross_encoder
 
     model = make_tiny_cross_encoder(tmp_path / "three-labels", num_labels=3)
     rr = build_reranker(RerankerConfig(model=str(model), top_n=1, device="cpu"))

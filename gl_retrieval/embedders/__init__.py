@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable
 
 from gl_retrieval.config import HuggingFaceEmbedderConfig, OllamaEmbedderConfig
+from gl_retrieval.config.presets import Prefixes, resolve_prefixes
 from gl_retrieval.embedders.base import GLEmbedding
-from gl_retrieval.presets import Prefixes, resolve_prefixes
 
 __all__ = ["PROVIDERS", "GLEmbedding", "build_embedder", "get_embedder"]
 
@@ -99,7 +99,7 @@ def build_embedder(cfg: EmbedderConfig, *, threads: int | str | None = None) -> 
         cfg: The ``embedder`` config section.
         threads: Intra-op threads of the model runtime; default: ``runtime.threads``' default.
     """
-    from gl_retrieval.runtimes import resolve_threads
+    from gl_retrieval.models.runtimes import resolve_threads
 
     return PROVIDERS[cfg.provider](cfg, threads=resolve_threads(threads))
 
@@ -109,7 +109,7 @@ def get_embedder(cfg: EmbedderConfig, *, threads: int | str | None = None) -> GL
 
     Two pipelines with the same embedder config (and threads) share one loaded model.
     """
-    from gl_retrieval.runtimes import resolve_threads
+    from gl_retrieval.models.runtimes import resolve_threads
 
     n = resolve_threads(threads)
     key = f"{cfg.model_dump_json()}|{n}"

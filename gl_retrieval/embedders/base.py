@@ -4,7 +4,7 @@ An embedder is a LlamaIndex ``BaseEmbedding`` (so it plugs into ``VectorStoreInd
 retriever) with a few guarantees on top:
 
 * prefixes are applied here, explicitly, exactly once: ``query_prefix`` on queries,
-  ``document_prefix`` on documents (see :mod:`gl_retrieval.presets`);
+  ``document_prefix`` on documents (see :mod:`gl_retrieval.config.presets`);
 * vectors are normalised exactly once (by the model when it ends in a Normalize layer, else here);
 * construction is cheap; the model or server connection is made on :meth:`warmup` or first use;
 * :meth:`embed_documents` takes a whole corpus at once and returns one float32 matrix, so the

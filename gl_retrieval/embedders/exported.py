@@ -4,7 +4,7 @@ The same model as :mod:`gl_retrieval.embedders.huggingface`, with the same token
 ``tokenizer.json``, through the ``tokenizers`` library), the same pooling and normalisation read
 from the sentence-transformers files, the same ``max_seq_length`` and the same prefixes. Only
 the runtime differs: onnxruntime or OpenVINO, fp32 or int8, on the CPU. The export is built once
-and cached (:mod:`gl_retrieval.exports`); a process that finds it cached never imports torch.
+and cached (:mod:`gl_retrieval.models.exports`); a process that finds it cached never imports torch.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from gl_retrieval.embedders.base import GLEmbedding, progress_bar
-from gl_retrieval.exports import ExportSpec, ensure_export, model_file, read_meta
-from gl_retrieval.runtimes import FastTokenizer, Runner, load_runner, openvino_precision
+from gl_retrieval.models.exports import ExportSpec, ensure_export, model_file, read_meta
+from gl_retrieval.models.runtimes import FastTokenizer, Runner, load_runner, openvino_precision
 
 __all__ = ["ExportedEmbedder", "pool"]
 

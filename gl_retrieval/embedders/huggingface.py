@@ -16,7 +16,6 @@ import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from gl_retrieval._deps import require
-from gl_retrieval.devices import resolve_device
 from gl_retrieval.embedders.base import GLEmbedding, progress_bar
 from gl_retrieval.models import (
     apply_quiet,
@@ -24,7 +23,8 @@ from gl_retrieval.models import (
     quiet_model_loads,
     resolve_model_path,
 )
-from gl_retrieval.runtimes import apply_torch_threads
+from gl_retrieval.models.devices import resolve_device
+from gl_retrieval.models.runtimes import apply_torch_threads
 
 __all__ = ["SentenceTransformerEmbedder", "load_sentence_transformer"]
 

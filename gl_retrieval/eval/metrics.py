@@ -45,7 +45,7 @@ from typing import Any, Final, TypeAlias
 
 import numpy as np
 
-from gl_retrieval import limits
+from gl_retrieval.config import limits
 from gl_retrieval.errors import ConfigError, SourceError
 
 __all__ = [

@@ -34,8 +34,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from gl_retrieval import limits
-from gl_retrieval.config import SourceConfig
+from gl_retrieval.config import SourceConfig, limits
 from gl_retrieval.errors import SourceError
 
 __all__ = [
@@ -144,7 +143,7 @@ def read_jsonl(path: Path, skipped: list[Skipped]) -> Iterator[Document]:
     """Yield the documents of a BEIR-layout ``.jsonl`` file.
 
     Lines that are not valid JSON, not UTF-8, longer than
-    :data:`~gl_retrieval.limits.JSONL_LINE_BYTES`, nested too deeply, or lack an id or text are
+    :data:`~.limits.JSONL_LINE_BYTES`, nested too deeply, or lack an id or text are
     reported in ``skipped`` as ``file:line``; the other lines are still read.
 
     Raises:

@@ -46,7 +46,7 @@ from llama_index.core.vector_stores.types import (
     MetadataFilters,
 )
 
-from gl_retrieval import limits
+from gl_retrieval.config import limits
 from gl_retrieval.errors import FilterError
 
 __all__ = [

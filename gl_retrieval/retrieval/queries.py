@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gl_retrieval import limits
+from gl_retrieval.config import limits
 from gl_retrieval.errors import QueryError
 
 __all__ = ["check_depth", "check_query"]
@@ -25,7 +25,7 @@ def check_query(query: Any) -> str:
 
     Raises:
         QueryError: not a string, empty or only whitespace, longer than
-            :data:`~gl_retrieval.limits.QUERY_CHARS`, or holding a NUL character.
+            :data:`~gl_retrieval.config.limits.QUERY_CHARS`, or holding a NUL character.
     """
     if not isinstance(query, str):
         raise QueryError(f"a query must be text, but got {type(query).__name__}")
@@ -46,7 +46,7 @@ def check_depth(name: str, value: int | None) -> None:
     """Check a ``top_k`` / ``top_n`` argument: ``None``, or a whole number in 1..TOP_K.
 
     Raises:
-        QueryError: not a whole number, not positive, or over :data:`~gl_retrieval.limits.TOP_K`.
+        QueryError: not a whole number, not positive, or over :data:`~.limits.TOP_K`.
     """
     if value is None:
         return

@@ -6,12 +6,12 @@ overwrites ``node.score`` in place (losing the retrieval score, and mutating the
 objects) and loads its model in ``__init__``. This one returns new :class:`RankedNode` objects.
 
 A **stand-in** model (``packaged:stand-in-cross-encoder``, or any directory that
-:func:`gl_retrieval.testing.make_tiny_cross_encoder` marked) has random weights: it is scored
+:func:`~.stand_in.make_tiny_cross_encoder` marked) has random weights: it is scored
 (the loading and scoring path runs), but the results keep their retrieval order and score and
 say so (``rerank_stand_in=True``), rather than being sorted by noise and called "reranked".
 
 ``backend: onnx`` / ``openvino`` score with a cached export of the same model instead
-(:mod:`gl_retrieval.exports`), torch-free: the same tokenizer, the same pair truncation
+(:mod:`gl_retrieval.models.exports`), torch-free: the same tokenizer, the same pair truncation
 (``longest_first`` to ``max_length``) and the same activation as ``CrossEncoder.predict``. Every
 backend sorts the pairs by length before batching (less padding) and warns once per model when
 a pair is longer than ``max_length`` and gets cut.
@@ -32,7 +32,6 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from gl_retrieval._deps import require
 from gl_retrieval.config import RerankerConfig
-from gl_retrieval.devices import resolve_device
 from gl_retrieval.errors import ModelLoadError
 from gl_retrieval.models import (
     STAND_IN_RERANKER,
@@ -41,6 +40,7 @@ from gl_retrieval.models import (
     quiet_model_loads,
     resolve_model_path,
 )
+from gl_retrieval.models.devices import resolve_device
 from gl_retrieval.retrieval.results import RankedNode
 
 __all__ = ["CrossEncoderReranker", "Scorer", "build_reranker"]
@@ -106,11 +106,11 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         """True when the model is a stand-in with meaningless scores (no model is loaded).
 
         ``packaged:stand-in-cross-encoder``, or a directory marked by
-        :func:`gl_retrieval.testing.make_tiny_cross_encoder`. An injected ``scorer`` is taken
+        :func:`~.stand_in.make_tiny_cross_encoder`. An injected ``scorer`` is taken
         at its word (never a stand-in).
         """
         if self._stand_in is None:
-            from gl_retrieval.testing import is_stand_in
+            from gl_retrieval.models.stand_in import is_stand_in
 
             self._stand_in = self.model == STAND_IN_RERANKER or is_stand_in(self.model)
         return self._stand_in
@@ -266,7 +266,7 @@ def _load_cross_encoder(
     st = require("sentence_transformers", package="sentence-transformers")
     apply_quiet()
     if threads is not None:
-        from gl_retrieval.runtimes import apply_torch_threads
+        from gl_retrieval.models.runtimes import apply_torch_threads
 
         apply_torch_threads(threads)
     dev = resolve_device(device)
@@ -333,8 +333,8 @@ def _load_exported_cross_encoder(
     quantization: str,
     threads: int | None,
 ) -> Scorer:
-    from gl_retrieval.exports import ExportSpec, ensure_export, model_file, read_meta
-    from gl_retrieval.runtimes import FastTokenizer, load_runner, resolve_threads
+    from gl_retrieval.models.exports import ExportSpec, ensure_export, model_file, read_meta
+    from gl_retrieval.models.runtimes import FastTokenizer, load_runner, resolve_threads
 
     spec = ExportSpec(
         model=model,
@@ -395,6 +395,6 @@ def build_reranker(
         scorer: Replace the cross-encoder with any ``(query, passages) -> scores`` function.
         threads: ``runtime.threads`` (an int, or ``auto``/None for the default).
     """
-    from gl_retrieval.runtimes import resolve_threads
+    from gl_retrieval.models.runtimes import resolve_threads
 
     return CrossEncoderReranker(scorer=scorer, threads=resolve_threads(threads), **cfg.model_dump())

@@ -519,6 +519,6 @@ def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastA
 
 
 def _version() -> str:
-    from gl_retrieval import __version__
+    from gl_retrieval._version import __version__
 
     return __version__

@@ -88,7 +88,7 @@ def create_server(
     key = api_key_for(scfg)
     check_bind(host, api_key=key, insecure=insecure)
     if pipeline is None and config.runtime.threads == "auto":
-        from gl_retrieval.runtimes import serve_threads
+        from gl_retrieval.models.runtimes import serve_threads
         from gl_retrieval.serve.service import embed_workers_for
 
         workers = embed_workers_for(config)

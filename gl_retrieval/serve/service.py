@@ -69,7 +69,7 @@ def embed_workers_for(config: PipelineConfig, *, cores: int | None = None) -> in
         return int(scfg.embed_workers)
     if not scfg.batching:
         return 1
-    from gl_retrieval.runtimes import cpu_count
+    from gl_retrieval.models.runtimes import cpu_count
 
     emb = config.embedder
     unpadded = (

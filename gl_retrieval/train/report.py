@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gl_retrieval.config import PipelineConfig
-from gl_retrieval.presets import Prefixes
+from gl_retrieval.config.presets import Prefixes
 
 __all__ = ["config_change", "markdown_report", "model_card", "write_outputs"]
 

@@ -50,8 +50,8 @@ def train_reranker(
     say: Any,
 ) -> Any:
     from gl_retrieval._deps import require
-    from gl_retrieval.devices import resolve_device
     from gl_retrieval.models import resolve_model_path
+    from gl_retrieval.models.devices import resolve_device
     from gl_retrieval.train.report import config_change, write_outputs
     from gl_retrieval.train.result import (
         CHECKPOINTS,

@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 
 from gl_retrieval.config import HuggingFaceEmbedderConfig, PipelineConfig, load_config
+from gl_retrieval.config.presets import resolve_prefixes
 from gl_retrieval.errors import TrainingError
-from gl_retrieval.presets import resolve_prefixes
-from gl_retrieval.runtimes import apply_torch_threads, cpu_count
+from gl_retrieval.models.runtimes import apply_torch_threads, cpu_count
 from gl_retrieval.train.corpus import Corpus, load_corpus
 from gl_retrieval.train.data import (
     TrainingData,
@@ -402,8 +402,8 @@ def _train_embedder(
     _require_train("accelerate")
     from transformers import TrainerCallback
 
-    from gl_retrieval.devices import resolve_device
     from gl_retrieval.models import resolve_model_path
+    from gl_retrieval.models.devices import resolve_device
 
     ecfg: HuggingFaceEmbedderConfig = cfg.embedder  # type: ignore[assignment]
     prefixes = resolve_prefixes(

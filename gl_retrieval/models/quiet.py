@@ -1,16 +1,18 @@
 """Quiet model loads: no "Loading weights" bars or advisory logs from transformers.
 
-Its own module so that both :mod:`gl_retrieval.models` and :mod:`gl_retrieval.testing` use it
-without importing each other. Imports transformers only when a load happens.
+:func:`quiet_model_loads` wraps every model load of the library; :func:`quiet_model_loading`
+quiets transformers for a whole process (the CLI, the examples). Imports transformers only when a
+load happens.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 
-__all__ = ["quiet_model_loads"]
+__all__ = ["apply_quiet", "quiet_model_loading", "quiet_model_loads"]
 
 _quiet_lock = threading.Lock()
 _quiet_depth = 0
@@ -49,3 +51,33 @@ def quiet_model_loads() -> Iterator[None]:
                     hf_logging.enable_progress_bar()
                 hf_logging.set_verbosity(verbosity)
                 _quiet_saved = None
+
+
+_quiet = False
+
+
+def quiet_model_loading() -> None:
+    """Silence transformers' per-load progress bars and advisory logs for the whole process.
+
+    For programs that own their process (the CLI, the examples). Library loads are quiet
+    anyway (:func:`quiet_model_loads`); this also quiets transformers' messages outside them.
+    transformers is not imported for this (an onnx/openvino query path never loads it): the
+    setting is applied when a torch model loads (:func:`apply_quiet`), or now if transformers
+    is already loaded.
+    """
+    global _quiet
+    _quiet = True
+    if "transformers" in sys.modules:
+        apply_quiet()
+
+
+def apply_quiet() -> None:
+    """Apply :func:`quiet_model_loading` to transformers (called by the torch model loaders)."""
+    if not _quiet:
+        return
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

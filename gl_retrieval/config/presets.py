@@ -8,7 +8,7 @@ or Ollama model name is matched against ``MATCHERS``. A local directory matches 
 config names a preset: a directory's name says nothing reliable about what is inside it.
 
 Example:
-    >>> from gl_retrieval.presets import resolve_prefixes
+    >>> from gl_retrieval.config.presets import resolve_prefixes
     >>> resolve_prefixes("intfloat/e5-base-v2")
     Prefixes(family='e5', query='query: ', document='passage: ')
 """

@@ -1,6 +1,6 @@
 """Building one export: torch → ONNX (→ int8) (→ OpenVINO IR, → int8). Needs torch.
 
-Imported only by :func:`gl_retrieval.exports.ensure_export` when nothing is cached, so the query
+Imported only by :func:`.exports.ensure_export` when nothing is cached, so the query
 path of an exported backend never imports it (or torch).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from gl_retrieval._deps import require
 from gl_retrieval.errors import ModelLoadError
-from gl_retrieval.models import apply_quiet
+from gl_retrieval.models.quiet import apply_quiet
 
 __all__ = ["build_export", "describe_embedder", "describe_reranker"]
 

@@ -8,7 +8,7 @@ and a page of traceback. :func:`pull_models` (``gl-retrieval models pull CONFIG`
 on a connected machine.
 
 Example:
-    >>> from gl_retrieval.models import configured_models
+    >>> from gl_retrieval.models.weights import configured_models
     >>> from gl_retrieval.config import PipelineConfig
     >>> cfg = PipelineConfig.model_validate({"embedder": {"model": "packaged:all-MiniLM-L6-v2"}})
     >>> [(m.role, m.source) for m in configured_models(cfg)]
@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from gl_retrieval._deps import require
-from gl_retrieval._quiet import quiet_model_loads
 from gl_retrieval.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -38,7 +36,6 @@ __all__ = [
     "STAND_IN_RERANKER",
     "ModelRef",
     "PullReport",
-    "apply_quiet",
     "cached_snapshot",
     "configured_models",
     "hf_cache_dir",
@@ -48,8 +45,6 @@ __all__ = [
     "not_cached",
     "pull_model",
     "pull_models",
-    "quiet_model_loading",
-    "quiet_model_loads",
     "resolve_model_path",
     "stand_in_dir",
 ]
@@ -240,7 +235,7 @@ def resolve_model_path(model: str, *, revision: str | None = None, role: str = "
         module, package = PACKAGED_MODELS[name]
         shipped = require(module, package=package)
         if model == STAND_IN_RERANKER:
-            from gl_retrieval.testing import make_tiny_cross_encoder
+            from gl_retrieval.models.stand_in import make_tiny_cross_encoder
 
             return str(make_tiny_cross_encoder(stand_in_dir()))
         return str(shipped.get_model_path())
@@ -435,33 +430,3 @@ def pull_models(
         ...     print(r.line())
     """
     return [pull_model(ref, log=log) for ref in configured_models(cfg)]
-
-
-_quiet = False
-
-
-def quiet_model_loading() -> None:
-    """Silence transformers' per-load progress bars and advisory logs for the whole process.
-
-    For programs that own their process (the CLI, the examples). Library loads are quiet
-    anyway (:func:`quiet_model_loads`); this also quiets transformers' messages outside them.
-    transformers is not imported for this (an onnx/openvino query path never loads it): the
-    setting is applied when a torch model loads (:func:`apply_quiet`), or now if transformers
-    is already loaded.
-    """
-    global _quiet
-    _quiet = True
-    if "transformers" in sys.modules:
-        apply_quiet()
-
-
-def apply_quiet() -> None:
-    """Apply :func:`quiet_model_loading` to transformers (called by the torch model loaders)."""
-    if not _quiet:
-        return
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:
-        return
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()

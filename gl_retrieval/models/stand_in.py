@@ -9,7 +9,7 @@ by noise. ``reranker.model: packaged:stand-in-cross-encoder`` builds one for you
 production configs name a trained reranker such as ``BAAI/bge-reranker-base``.
 
 Example:
-    >>> from gl_retrieval.testing import make_tiny_cross_encoder
+    >>> from gl_retrieval.models.stand_in import make_tiny_cross_encoder
     >>> path = make_tiny_cross_encoder("/tmp/tiny-cross-encoder")  # doctest: +SKIP
     >>> cfg = {"reranker": {"model": str(path), "top_n": 3}}      # doctest: +SKIP
 """
@@ -92,7 +92,7 @@ def make_tiny_cross_encoder(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    from gl_retrieval._quiet import quiet_model_loads
+    from gl_retrieval.models.quiet import quiet_model_loads
 
     # fork_rng: seeding must not disturb the caller's own torch random state.
     with quiet_model_loads(), torch.random.fork_rng(devices=[]):
@@ -101,7 +101,7 @@ def make_tiny_cross_encoder(
     if stand_in:
         marker = {
             "stand_in": True,
-            "what": "tiny randomly initialised cross-encoder (gl_retrieval.testing)",
+            "what": "tiny randomly initialised cross-encoder (gl_retrieval.models.stand_in)",
             "seed": seed,
             "scores": "meaningless: rerankers keep the retrieval order",
         }

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gl_retrieval._deps import require
 from gl_retrieval.errors import ModelLoadError
-from gl_retrieval.models import resolve_model_path
+from gl_retrieval.models.weights import resolve_model_path
 
 if TYPE_CHECKING:
     from gl_retrieval.config import PipelineConfig
@@ -276,7 +276,7 @@ def _transformer_dir(source: Path) -> Path:
 
 
 def _build(spec: ExportSpec, source: Path, out: Path) -> dict[str, Any]:
-    from gl_retrieval._export_build import build_export
+    from gl_retrieval.models.export_build import build_export
 
     try:
         return build_export(spec, _transformer_dir(source), source, out, copied=_COPIED)

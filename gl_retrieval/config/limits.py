@@ -28,7 +28,7 @@ cap                          value           where it is checked
 ===========================  ==============  =================================================
 
 Example:
-    >>> from gl_retrieval import limits
+    >>> from gl_retrieval.config import limits
     >>> limits.CONFIG_BYTES
     1048576
     >>> limits.human_bytes(limits.JSONL_LINE_BYTES)
