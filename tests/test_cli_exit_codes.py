@@ -16,9 +16,9 @@ import typer
 from typer.testing import CliRunner
 
 import gl_retrieval
-import gl_retrieval.cli as cli
 from gl_retrieval import errors
-from gl_retrieval.cli import EXIT_CODES, app, exit_code_for
+from gl_retrieval.cli import EXIT_CODES, app, exit_code_for, index_commands
+from gl_retrieval.cli.errors import CommandGroup
 
 runner = CliRunner()
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -154,14 +154,14 @@ def test_unexpected_errors_are_still_one_line(
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise exc
 
-    monkeypatch.setattr(cli, "load_config", explode)
+    monkeypatch.setattr(index_commands, "load_config", explode)
     monkeypatch.delenv("GL_RETRIEVAL_DEBUG", raising=False)
     got = one_error_line(runner.invoke(app, ["validate", str(tmp_path / "x.yaml")]), code)
     assert got.startswith(line), got
 
 
 def test_a_new_command_gets_the_table_without_the_decorator() -> None:
-    extra = typer.Typer(cls=cli._Group, rich_markup_mode=None)
+    extra = typer.Typer(cls=CommandGroup, rich_markup_mode=None)
 
     @extra.command()
     def boom() -> None:
@@ -229,6 +229,6 @@ def test_a_closed_pipe_is_not_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path
     def closed(*args: Any, **kwargs: Any) -> Any:
         raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr(cli, "load_config", closed)
+    monkeypatch.setattr(index_commands, "load_config", closed)
     r = runner.invoke(app, ["validate", str(tmp_path / "x.yaml")])
     assert r.exit_code == 0 and r.stderr == "", r.output

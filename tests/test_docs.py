@@ -386,7 +386,7 @@ def _free_port() -> int:
 
 
 def _unknown_packaged(env: Env) -> str:
-    from gl_retrieval.checks import check_config, raise_for_problems
+    from gl_retrieval.cli.checks import check_config, raise_for_problems
 
     path = env.tmp / "pipeline.yaml"
     path.write_text("embedder: {model: 'packaged:all-MiniLM-L12-v2'}\n")

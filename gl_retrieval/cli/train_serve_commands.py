@@ -1,0 +1,153 @@
+"""The long-running commands: `finetune` the embedder or reranker, and `serve` over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gl_retrieval.cli.errors import handle_errors
+from gl_retrieval.cli.output import ConfigArg, JsonOpt, print_json
+from gl_retrieval.config import load_config
+from gl_retrieval.models import quiet_model_loading
+
+__all__ = ["finetune", "serve"]
+
+
+@handle_errors
+def finetune(
+    config: ConfigArg,
+    train: Annotated[
+        Path,
+        typer.Option(
+            help="Training data: a BEIR directory (queries.jsonl + qrels/train.tsv), a qrels "
+            ".tsv inside one, or a .jsonl of {query, positive, negative?} (texts or doc ids).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option(help="Directory for the model and reports.", show_default=False)
+    ],
+    dev: Annotated[
+        Path | None,
+        typer.Option(
+            help="Dev data, same layouts; default: a seeded split of --train.", show_default=False
+        ),
+    ] = None,
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="What to train: `embedder` (the bi-encoder) or `reranker` (the cross-encoder)."
+        ),
+    ] = "embedder",
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step (in-batch negatives).")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-5,
+    negatives: Annotated[
+        int | None,
+        typer.Option(
+            help="Hard negatives mined per pair with the configured retriever; default 0 for "
+            "the embedder, 3 for the reranker.",
+            show_default=False,
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop after this many steps.", show_default=False)
+    ] = None,
+    max_seq_length: Annotated[
+        int | None,
+        typer.Option(help="Token limit while training; default the model's.", show_default=False),
+    ] = None,
+    dev_size: Annotated[
+        int | None,
+        typer.Option(help="Queries held out as dev without --dev.", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds everything, the dev split included.")] = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --output from its last checkpoint.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --output.")] = False,
+    eval_each_epoch: Annotated[
+        bool,
+        typer.Option(
+            "--eval-each-epoch/--eval-at-end",
+            help="Evaluate dev after every epoch (keeps the best) or only at the end (faster).",
+        ),
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune the config's embedder (or reranker) on your corpus; select on dev only.
+
+    The config's index must exist: ids resolve through it and negatives are mined from it.
+    Prints the config change to use the new model; the index must then be rebuilt.
+    """
+    from gl_retrieval.train import FinetuneOptions
+    from gl_retrieval.train import finetune as run_finetune
+
+    opts = FinetuneOptions(
+        stage=stage,  # type: ignore[arg-type]
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        negatives=negatives,
+        max_steps=max_steps,
+        max_seq_length=max_seq_length,
+        dev_size=dev_size,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+        eval_each_epoch=eval_each_epoch,
+        show_progress=not as_json,
+    )
+    opts.check()  # a bad hyperparameter fails before any model loads
+    quiet_model_loading()
+    result = run_finetune(
+        load_config(config),
+        train=train,
+        dev=dev,
+        output=output,
+        options=opts,
+        progress=lambda msg: typer.echo(msg, err=True),
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    typer.echo(f"model: {result.model_dir}  ({result.steps} steps, {result.train_seconds:.0f}s)")
+    if result.before and result.after:
+        for mode in result.after:
+            b, a = result.before[mode]["nDCG@10"], result.after[mode]["nDCG@10"]
+            typer.echo(f"dev {mode:<7} nDCG@10 {b:.4f} -> {a:.4f} ({a - b:+.4f})")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"report: {result.output / 'report.md'}")
+    typer.echo("\nTo use it, change the config:\n")
+    typer.echo(result.config_change)
+
+
+@handle_errors
+def serve(
+    config: ConfigArg,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind.")] = 8080,
+    insecure: Annotated[
+        bool,
+        typer.Option(help="Allow a non-loopback --host without an API key (serve.api_key)."),
+    ] = False,
+) -> None:
+    """Serve the pipeline over HTTP (FastAPI + uvicorn): models and index load first.
+
+    Needs the serve extra. The API key comes from serve.api_key or $GL_RETRIEVAL_API_KEY;
+    SIGTERM drains in-flight requests and exits 0. See docs/serving.md.
+    """
+    import logging
+
+    from gl_retrieval._deps import require
+
+    require("fastapi", extra="serve")
+    from gl_retrieval.serve.server import create_server
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    quiet_model_loading()
+    server = create_server(load_config(config), host=host, port=port, insecure=insecure)
+    server.run()
