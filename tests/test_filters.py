@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from gl_retrieval.retrieval.filters import (
     parse_filter,
     parse_filters,
 )
+from gl_retrieval.storage import LocalStorage
 from tests.conftest import MINILM, write_corpus
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -123,18 +125,38 @@ def test_metadata_schema_kinds() -> None:
         ("date<5", r"filter date < 5: 'date' holds ISO dates in this index, not numbers"),
         ("date<yesterday", r"'date' holds ISO dates in this index; compare it with an ISO date"),
         ("tikcer=PENDLE", r"no indexed chunk has metadata key 'tikcer'; keys in this index: "),
+        ("ticker=42", r"'ticker' holds strings .* quote the value .* ticker=\"42\""),
+        ("ticker!=42", r"'ticker' holds strings"),  # would exclude nothing: as wrong
+        ("year in abc,def", r"'year' holds numbers"),
+        ("flag=true", r"'flag' holds booleans in this index, and a value of kind string never"),
     ],
 )
 def test_type_mismatch_is_a_clear_error(spec: str, message: str) -> None:
     with pytest.raises(FilterError, match=message):
-        check_filters(parse_filters(spec), SCHEMA)
+        check_filters(parse_filters(spec), {**SCHEMA, "flag": frozenset({"bool"})})
+
+
+MIXED = metadata_schema(
+    [{"year": 2020, "tags": ["a"], "v": "2025-01-01"}, {"year": "unknown", "tags": "b", "v": "x"}]
+)
 
 
 @pytest.mark.parametrize(
-    "spec", ["year<2021", "year>=2020.5", "date<2026-01-01", "ticker in PENDLE,ETH", "ticker=42"]
+    ("schema", "spec"),
+    [
+        (SCHEMA, "year<2021"),
+        (SCHEMA, "year>=2020.5"),
+        (SCHEMA, "date<2026-01-01"),
+        (SCHEMA, "ticker in PENDLE,ETH"),
+        (SCHEMA, 'ticker="42"'),
+        (MIXED, "year>=2015"),  # some chunks hold numbers: the others simply do not match
+        (MIXED, "year=unknown"),
+        (MIXED, "tags=7"),  # a list's elements are not recorded: any kind may be among them
+        (MIXED, "v<y"),  # plain strings order with any string
+    ],
 )
-def test_well_typed_filters_pass(spec: str) -> None:
-    check_filters(parse_filters(spec), SCHEMA)
+def test_well_typed_filters_pass(schema: Any, spec: str) -> None:
+    check_filters(parse_filters(spec), schema)
 
 
 # -- evaluation semantics match SimpleVectorStore ---------------------------------------------
@@ -289,3 +311,66 @@ def test_cli_query_filter_option(filter_index: dict[str, Any], tmp_path: Path) -
     assert bad.exit_code != 0
     assert "cannot parse filter 'ticker~PENDLE'" in bad.stderr
     assert "Traceback" not in bad.output
+
+
+# -- checked before any model loads --------------------------------------------------------------
+
+
+def _no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Any) -> Any:
+        raise AssertionError("the embedder was loaded")
+
+    monkeypatch.setattr(RetrievalPipeline, "embedder", property(refuse))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nokey=1", "no indexed chunk has metadata key 'nokey'; keys in this index: date, "),
+        ("year<abc", "'year' holds numbers in this index"),
+    ],
+)
+def test_cli_refuses_a_filter_before_any_model_loads(
+    filter_index: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spec: str,
+    message: str,
+) -> None:
+    _no_model(monkeypatch)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({**filter_index, "retriever": {"mode": "hybrid"}}))
+    result = CliRunner().invoke(app, ["query", str(cfg_file), QUERY, "--filter", spec])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_an_index_without_a_recorded_schema_still_checks_filters(
+    filter_index: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generation committed before manifests recorded the metadata schema (and checksums):
+    the schema is read from the stored metadata, still without a model."""
+    built = LocalStorage(Path(filter_index["storage"]["persist_dir"]))
+    gen = built.current_generation()
+    assert gen is not None
+    old = LocalStorage(tmp_path / "old")
+    shutil.copytree(gen, old.persist_dir / "gen-000001")
+    manifest = old.persist_dir / "gen-000001" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["integrity"], data["metadata_schema"]
+    manifest.write_text(json.dumps(data))
+    (old.persist_dir / "CURRENT").write_text("gen-000001\n")
+    assert old.read_manifest().metadata_schema is None
+    assert (
+        old.metadata_schema()
+        == built.metadata_schema()
+        == metadata_schema(d["metadata"] for d in NOISE + PENDLE)
+    )
+
+    cfg = {**filter_index, "storage": {"persist_dir": str(old.persist_dir)}}
+    with monkeypatch.context() as m:
+        _no_model(m)
+        with pytest.raises(FilterError, match="no indexed chunk has metadata key 'nokey'"):
+            RetrievalPipeline.from_config(cfg).retrieve(QUERY, filters=["nokey=1"])
+    hits = RetrievalPipeline.from_config(cfg).retrieve(QUERY, filters=["ticker=PENDLE"])
+    assert hits and all(h.node.metadata["ticker"] == "PENDLE" for h in hits)

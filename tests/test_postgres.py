@@ -287,11 +287,13 @@ def test_store_level_filters_beyond_the_pipeline_checks(
 
 def test_metadata_schema_is_read_on_the_server(dated: RetrievalPipeline) -> None:
     store = dated.storage.load(embed_model=dated.embedder).vector_store
-    assert store.metadata_schema() == {
+    expected = {
         "ticker": frozenset({"string"}),
         "date": frozenset({"date"}),
         "score": frozenset({"number"}),
     }
+    assert store.metadata_schema() == expected
+    assert dated.storage.metadata_schema() == expected  # what filters are checked against
 
 
 # -- the store level: bulk / in-place commits, iterative scan, dimension change ------------------
@@ -515,7 +517,8 @@ def test_filter_sql_binds_values_and_keeps_equality_indexable() -> None:
     compiled = clause.compile(dialect=postgresql.dialect())
     sql = str(compiled)
     assert "OR 1=1" not in sql and "x' OR 1=1 --" in json.dumps(compiled.params)
-    assert sql.count("metadata_ @> CAST(") == 3 and "coalesce" not in sql  # GIN-usable
+    # == and each in value: the value itself or a list holding it, both GIN-usable
+    assert sql.count("metadata_ @> CAST(") == 6 and "coalesce" not in sql
     negated = str(filters_clause(meta, _filters(("n", ">", 1), condition="not")).compile())
     assert negated.startswith("NOT coalesce(")
 

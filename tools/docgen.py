@@ -26,13 +26,21 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types as at
 import yaml
+from llama_index.core.vector_stores.types import FilterOperator
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from gl_retrieval.config import PipelineConfig
+from gl_retrieval.storage.filters import match_value
 
-__all__ = ["DEFAULT_OUTPUT", "main", "missing_descriptions", "render_config_reference"]
+__all__ = [
+    "DEFAULT_OUTPUT",
+    "main",
+    "missing_descriptions",
+    "render_config_reference",
+    "render_filter_rule",
+]
 
 DEFAULT_OUTPUT = Path("docs") / "configuration.md"
 
@@ -254,6 +262,100 @@ def _ordered_dump(model: BaseModel) -> dict[str, Any]:
     return out
 
 
+FILTERS = """\
+<a id="filters"></a>
+
+## Metadata filters
+
+Not config, but what every query takes: `--filter` on the command line (repeatable, all must
+hold), `filters=` in Python, `"filters"` in a `serve` request. `key=value`, `key!=value`,
+`key<value` (also `<=`, `>`, `>=`), `key in a,b`, `key not in a,b`; a value that looks like a
+number is a number, anything else a string (quote it to keep it one: `code="007"`).
+
+One rule decides which chunks a filter keeps, the same in `dense`, `bm25` and `hybrid` mode and
+on both storage backends (`gl_retrieval/storage/filters.py`; `tests/test_filter_conformance.py`
+runs one table of cases against every evaluator). For a chunk whose metadata holds, under the
+filter's key,
+"""
+
+FILTERS_AFTER = """\
+- Numbers are ints and floats (`2020` equals `2020.0`), never booleans: `true` is not `1`, and
+  `"2020"` is a string, not a number. Strings compare by code point, so ISO dates and
+  timestamps (`2024-01-31`, `2024-01-31T10:00:00`) order in time.
+- A key that holds different kinds in different chunks (`year`: `2019` in most, `"unknown"` in
+  a few) is fine: `year>=2015` keeps the numeric years from 2015 on and skips the rest; no
+  chunk's value makes a query fail.
+- Before searching, each filter is checked against the kinds the index holds per key (recorded
+  at index time): a key no chunk has, or a value of a kind the key never holds (`year<abc` where
+  every `year` is a number, `ticker=42` where every `ticker` is a string: write `ticker="42"`),
+  is an error (exit code 2) that names the keys or kinds there are, and no model loads for it.
+- In Python, LlamaIndex's other operators work at the store level too: `contains`, `any`,
+  `all` test the elements of list values, `text_match` (`_insensitive`) substrings of string
+  values, `is_empty` a missing, null, `""` or `[]` value; a chunk holding another kind never
+  matches them.
+"""
+
+#: The chunk's value under the key, in the columns of the filter table: (heading, samples of
+#: (filter value, chunk values)), and the words for a cell whose answer depends on the values.
+_FILTER_COLUMNS: list[tuple[str, list[tuple[Any, list[Any]]]]] = [
+    (
+        "a value of the filter's kind",
+        [(2020, [2019, 2020, 2020.0, 2021]), ("b", ["a", "b", "c"])],
+    ),
+    (
+        "a value of another kind",
+        [(2020, ["2020", True, {"y": 2020}]), ("2020", [2020, False]), (1, [True])],
+    ),
+    ("a list", [(2020, [[2020, 1], [1], [], ["2020"]]), ("b", [["a", "b"], ["c"], [1]])]),
+    ("nothing (missing key, or null)", [(2020, [None]), ("b", [None])]),
+]
+_FILTER_ROWS: list[tuple[str, list[FilterOperator]]] = [
+    ("`==`", [FilterOperator.EQ]),
+    ("`!=`", [FilterOperator.NE]),
+    (
+        "`<` `<=` `>` `>=`",
+        [FilterOperator.LT, FilterOperator.LTE, FilterOperator.GT, FilterOperator.GTE],
+    ),
+    ("`in`", [FilterOperator.IN]),
+    ("`not in`", [FilterOperator.NIN]),
+]
+_DEPENDS = {
+    ("`==`", 0): "if equal",
+    ("`!=`", 0): "if not equal",
+    ("`<` `<=` `>` `>=`", 0): "by value: numbers numerically, strings by code point",
+    ("`in`", 0): "if it equals one of the list",
+    ("`not in`", 0): "if it equals none of the list",
+    ("`==`", 2): "if an element equals the value",
+    ("`!=`", 2): "if no element equals the value",
+    ("`in`", 2): "if an element equals one of the list",
+    ("`not in`", 2): "if no element equals one of the list",
+}
+
+
+def render_filter_rule() -> str:
+    """The filter section: the table is computed with the reference evaluator
+    (:func:`gl_retrieval.storage.filters.match_value`) on sample values, so it cannot drift."""
+    head = "| operator | " + " | ".join(name for name, _ in _FILTER_COLUMNS) + " |"
+    lines = [FILTERS, head, "|---" * (len(_FILTER_COLUMNS) + 1) + "|"]
+    for row, ops in _FILTER_ROWS:
+        cells = []
+        for col, (_, samples) in enumerate(_FILTER_COLUMNS):
+            got = {
+                match_value(op, value, [x] if op in (FilterOperator.IN, FilterOperator.NIN) else x)
+                for op in ops
+                for x, values in samples
+                for value in values
+            }
+            if len(got) == 1:
+                cells.append("yes" if got.pop() else "no")
+            elif (row, col) in _DEPENDS:
+                cells.append(_DEPENDS[(row, col)])
+            else:
+                raise ValueError(f"the filter rule changed: say what {row} does on column {col}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", FILTERS_AFTER])
+
+
 def render_config_reference() -> str:
     """The full text of docs/configuration.md."""
     defaults = yaml.safe_dump(
@@ -262,6 +364,7 @@ def render_config_reference() -> str:
     lines = [HEADER, "```yaml", defaults.rstrip(), "```", ""]
     for section in _sections():
         lines += _table(section)
+    lines.append(render_filter_rule())
     return "\n".join(lines).rstrip() + "\n"
 
 

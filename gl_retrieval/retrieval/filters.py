@@ -17,11 +17,14 @@ Three spellings, all parsed by :func:`parse_filters` into one ``MetadataFilters`
 
 * a ``MetadataFilters`` (or a list of ``MetadataFilter``), passed through.
 
-:func:`check_filters` compares a filter's value with the types the index actually holds for that
-key, so ``year<abc`` against numeric years, or ``date<5`` against date strings, is a
-:class:`~gl_retrieval.errors.FilterError` rather than an empty (or crashing) result.
-:func:`matches` evaluates filters on one metadata dict, with the same semantics as LlamaIndex's
-``SimpleVectorStore`` (a missing key matches only ``!=`` and ``not in``).
+What each operator means for each kind of value is one rule, :mod:`gl_retrieval.storage.filters`
+(numbers numerically, strings by code point, a value of another kind or a missing key matches
+only ``!=`` and ``not in``; the table is in docs/configuration.md), and every backend and mode
+evaluates it alike; :func:`matches` is its reference evaluator on one metadata dict.
+:func:`check_filters` compares a filter's value with the kinds the index holds for that key, so
+``year<abc`` against numeric years, or ``date<5`` against date strings, is a
+:class:`~gl_retrieval.errors.FilterError` said once, before searching, rather than an empty
+result.
 
 Example:
     >>> f = parse_filters(["ticker=PENDLE", "date<2026-01-01", "year >= 2020"])
@@ -48,6 +51,16 @@ from llama_index.core.vector_stores.types import (
 
 from gl_retrieval.config import limits
 from gl_retrieval.errors import FilterError
+from gl_retrieval.storage.filters import (
+    DATE,
+    NEGATION,
+    ORDERING,
+    kind,
+    leaves,
+    matches,
+    metadata_schema,
+    operand,
+)
 
 __all__ = [
     "FilterSpec",
@@ -79,16 +92,12 @@ _OPS: dict[str, FilterOperator] = {
     "nin": FilterOperator.NIN,
 }
 _SUPPORTED = frozenset(_OPS.values())
-_COMPARISONS = frozenset(
-    {FilterOperator.LT, FilterOperator.LTE, FilterOperator.GT, FilterOperator.GTE}
-)
 _SYNTAX = "key=value, key!=value, key<value (<=, >, >=), key in a,b or key not in a,b"
 
 _KEY = r"(?P<key>[A-Za-z_][\w.\-]*)"
 _SYMBOLIC = re.compile(rf"^\s*{_KEY}\s*(?P<op>==|!=|<=|>=|=|<|>)\s*(?P<value>.*?)\s*$", re.S)
 _WORD = re.compile(rf"^\s*{_KEY}\s+(?P<op>not\s+in|in)\s+(?P<value>.*?)\s*$", re.S | re.I)
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -181,17 +190,19 @@ def _parse_filter(text: str) -> MetadataFilter:
 
 def _make(key: str, operator: FilterOperator, value: Any, where: str) -> MetadataFilter:
     for v in value if isinstance(value, list) else [value]:
-        if isinstance(v, str) and _DATE.match(v):
+        if isinstance(v, str) and DATE.match(v):
             _real_date(v, where)
         elif isinstance(v, float) and not math.isfinite(v):
             raise FilterError(f"filter {_short(where)}: {v} is not a finite number")
     try:
-        return MetadataFilter(key=key, operator=operator, value=value)
+        made = MetadataFilter(key=key, operator=operator, value=value)
     except ValueError:
         raise FilterError(
             f"filter {where!r}: invalid value {value!r}: use a number, a string, or a list of "
             "numbers or of strings (not mixed)"
         ) from None
+    operand(made)  # in without a list, < against a list
+    return made
 
 
 def _from_mapping(spec: Mapping[str, Any]) -> list[MetadataFilter]:
@@ -268,68 +279,52 @@ def parse_filters(spec: Any) -> MetadataFilters | None:
     return result
 
 
-def _leaves(filters: MetadataFilters) -> Iterable[MetadataFilter]:
-    for f in filters.filters:
-        if isinstance(f, MetadataFilters):
-            yield from _leaves(f)
-        else:
-            yield f
-
-
 def _check_supported(filters: MetadataFilters) -> None:
-    for f in _leaves(filters):
+    for f in leaves(filters):
         if f.operator not in _SUPPORTED:
             raise FilterError(
                 f"filter on {f.key!r}: operator {f.operator.value!r} is not supported; use one "
                 "of ==, !=, <, <=, >, >=, in, nin"
             )
+        operand(f)  # a value of the wrong shape (in without a list, < against a list)
 
 
 # -- checking against the index ---------------------------------------------------------------
 
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "date" if _DATE.match(value) else "string"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    return type(value).__name__
-
-
-def metadata_schema(metadatas: Iterable[Mapping[str, Any]]) -> dict[str, frozenset[str]]:
-    """Which kinds of value each metadata key holds across ``metadatas``.
-
-    Example:
-        >>> metadata_schema([{"year": 2020, "d": "2025-01-02"}, {"year": 2021.5}])
-        {'year': frozenset({'number'}), 'd': frozenset({'date'})}
-    """
-    kinds: dict[str, set[str]] = {}
-    for md in metadatas:
-        for key, value in md.items():
-            if value is not None:
-                kinds.setdefault(key, set()).add(_kind(value))
-    return {k: frozenset(v) for k, v in kinds.items()}
+_NAMES = {"number": "numbers", "date": "ISO dates", "string": "strings", "bool": "booleans"}
 
 
 def _describe(kinds: frozenset[str]) -> str:
-    names = {"number": "numbers", "date": "ISO dates", "string": "strings", "bool": "booleans"}
-    return " and ".join(names.get(k, k) for k in sorted(kinds))
+    return " and ".join(_NAMES.get(k, k) for k in sorted(kinds))
+
+
+def _can_match(op: FilterOperator, value_kind: str | None, held: frozenset[str]) -> bool:
+    """Whether a chunk holding one of the kinds ``held`` can pass ``op`` with a value of
+    ``value_kind``, by the rule of :mod:`gl_retrieval.storage.filters` (``!=`` and ``not in``
+    are asked as ``==`` and ``in``: a negation that excludes nothing is as wrong)."""
+    if op in ORDERING:  # numbers with numbers, strings (ISO dates among them) with strings
+        if value_kind == "date":
+            return bool(held & {"date", "string"})
+        return value_kind in held
+    return "list" in held or value_kind in held  # a list's elements are not recorded
 
 
 def check_filters(filters: MetadataFilters | None, schema: MetadataSchema) -> None:
-    """Raise :class:`FilterError` when a filter cannot match the index's metadata by type.
+    """Raise :class:`FilterError` when a filter can match no chunk of the index by kind.
+
+    By the rule of :mod:`gl_retrieval.storage.filters`, a value of another kind than the
+    filter's never equals or orders with it: ``year<abc`` against numeric years, ``date<5``
+    against ISO dates or ``ticker=42`` against string tickers would quietly return nothing (and
+    ``ticker!=42`` everything), so each is refused once, before searching.
 
     Args:
         filters: Parsed filters (``None`` passes).
-        schema: The index's :func:`metadata_schema`.
+        schema: The index's metadata schema
+            (:meth:`~gl_retrieval.storage.base.Storage.metadata_schema`).
 
     Raises:
-        FilterError: a key no indexed chunk has (the message lists the keys there are), a
-            comparison between a number and a string/date, or a date against a non-date.
+        FilterError: a key no indexed chunk has (the message lists the keys there are), or a
+            value of a kind the key never holds (for ``in``: none of its values).
 
     Example:
         >>> try:
@@ -341,91 +336,52 @@ def check_filters(filters: MetadataFilters | None, schema: MetadataSchema) -> No
     if filters is None:
         return
     _check_supported(filters)
-    for f in _leaves(filters):
-        shown = f"{f.key} {f.operator.value} {f.value!r}"
+    for f in leaves(filters):
         if f.key not in schema:
             known = ", ".join(sorted(schema)) or "(none: the indexed documents have no metadata)"
             raise FilterError(
-                f"filter {shown}: no indexed chunk has metadata key {f.key!r}; keys in this "
+                f"filter {_shown(f)}: no indexed chunk has metadata key {f.key!r}; keys in this "
                 f"index: {known}"
             )
-        held = schema[f.key]
-        values = f.value if isinstance(f.value, list) else [f.value]
-        for v in values:
-            kind = _kind(v)
-            if held <= {"number"} and kind != "number":
-                raise FilterError(
-                    f"filter {shown}: {f.key!r} holds numbers in this index, so the value must "
-                    f"be a number, e.g. {f.key}{_example_op(f)}2020"
-                )
-            if "number" not in held and kind == "number" and f.operator in _COMPARISONS:
-                raise FilterError(
-                    f"filter {shown}: {f.key!r} holds {_describe(held)} in this index, not "
-                    "numbers; compare it with a value of the same kind"
-                    + (", e.g. an ISO date 2026-01-01" if "date" in held else "")
-                )
-            if held == {"date"} and f.operator in _COMPARISONS and kind != "date":
-                raise FilterError(
-                    f"filter {shown}: {f.key!r} holds ISO dates in this index; compare it with "
-                    f"an ISO date, e.g. {f.key}{_example_op(f)}2026-01-01"
-                )
+        op, value = operand(f)
+        op = NEGATION.get(op, op)
+        held = frozenset(schema[f.key])
+        kinds = [kind(v) for v in (value if isinstance(value, list) else [value])]
+        if not any(_can_match(op, k, held) for k in kinds):
+            raise FilterError(_refusal(f, op, kinds[0], held))
+
+
+def _shown(f: MetadataFilter) -> str:
+    return f"{f.key} {f.operator.value} {f.value!r}"
+
+
+def _refusal(
+    f: MetadataFilter, op: FilterOperator, value_kind: str | None, held: frozenset[str]
+) -> str:
+    shown, example = f"filter {_shown(f)}", f"{f.key}{_example_op(f)}"
+    if held <= {"number"}:
+        return (
+            f"{shown}: {f.key!r} holds numbers in this index, so the value must be a number, "
+            f"e.g. {example}2020"
+        )
+    if value_kind == "number":
+        if op in ORDERING:
+            fix = "compare it with a value of the same kind" + (
+                ", e.g. an ISO date 2026-01-01" if "date" in held else ""
+            )
+        else:
+            fix = f'quote the value to compare it as a string, e.g. {example}"{f.value}"'
+        return f"{shown}: {f.key!r} holds {_describe(held)} in this index, not numbers; {fix}"
+    if "date" in held and "string" not in held:
+        return (
+            f"{shown}: {f.key!r} holds ISO dates in this index; compare it with an ISO date, "
+            f"e.g. {example}2026-01-01"
+        )
+    return (
+        f"{shown}: {f.key!r} holds {_describe(held)} in this index, and a value of kind "
+        f"{value_kind} never matches one of them (a filter compares values of one kind)"
+    )
 
 
 def _example_op(f: MetadataFilter) -> str:
     return {"==": "=", "in": "=", "nin": "!="}.get(f.operator.value, f.operator.value)
-
-
-# -- evaluating -------------------------------------------------------------------------------
-
-
-def _match_one(f: MetadataFilter, value: Any) -> bool:
-    op = f.operator
-    if value is None:
-        return op in (FilterOperator.NE, FilterOperator.NIN)
-    try:
-        if op == FilterOperator.EQ:
-            return bool(value == f.value)
-        if op == FilterOperator.NE:
-            return bool(value != f.value)
-        if op == FilterOperator.LT:
-            return bool(value < f.value)
-        if op == FilterOperator.LTE:
-            return bool(value <= f.value)
-        if op == FilterOperator.GT:
-            return bool(value > f.value)
-        if op == FilterOperator.GTE:
-            return bool(value >= f.value)
-        if op == FilterOperator.IN:
-            return value in f.value
-        if op == FilterOperator.NIN:
-            return value not in f.value
-    except TypeError:
-        return False  # a value of another type than the filter's (mixed-type key)
-    raise FilterError(f"operator {op.value!r} is not supported")
-
-
-def matches(metadata: Mapping[str, Any], filters: MetadataFilters | None) -> bool:
-    """True when ``metadata`` passes ``filters`` (``None`` passes everything).
-
-    Semantics follow LlamaIndex's ``SimpleVectorStore``: a missing key matches only ``!=`` and
-    ``not in``; ``condition`` ``and`` / ``or`` / ``not`` combine the filters; nested
-    ``MetadataFilters`` are evaluated recursively.
-
-    Example:
-        >>> matches({"year": 2019}, parse_filters("year>=2020"))
-        False
-    """
-    if filters is None or not filters.filters:
-        return True
-    results = (
-        matches(metadata, f)
-        if isinstance(f, MetadataFilters)
-        else _match_one(f, metadata.get(f.key))
-        for f in filters.filters
-    )
-    condition = filters.condition or FilterCondition.AND
-    if condition == FilterCondition.AND:
-        return all(results)
-    if condition == FilterCondition.OR:
-        return any(results)
-    return not any(results)  # NOT

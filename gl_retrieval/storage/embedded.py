@@ -61,7 +61,8 @@ from gl_retrieval.storage._files import (
 )
 from gl_retrieval.storage._matrix import VectorRows, top_k
 from gl_retrieval.storage.ann import HnswGraph
-from gl_retrieval.storage.filters import Column, build_column, evaluate_filters
+from gl_retrieval.storage.columns import Column, build_column, evaluate_filters
+from gl_retrieval.storage.filters import metadata_schema
 from gl_retrieval.storage.integrity import read_json
 
 __all__ = ["EmbeddedVectorStore"]
@@ -177,6 +178,24 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
             if filters is not None:
                 rows = rows[self._allowed(None, None, filters, force=True)[rows]]
         return [self._node(int(r)) for r in rows]
+
+    def filter_mask(self, filters: MetadataFilters, *, node_ids: Sequence[str]) -> np.ndarray:
+        """Which of ``node_ids`` are stored and pass ``filters``, as a boolean array in that
+        order: the store's one filter evaluator, for callers that rank the rows themselves (the
+        BM25 side)."""
+        allowed = self._allowed(None, None, filters, force=True)
+        by_id = self._by_id()
+        rows = np.fromiter((by_id.get(i, -1) for i in node_ids), np.int64, len(node_ids))
+        stored = rows >= 0
+        out = np.zeros(len(rows), dtype=bool)
+        out[stored] = allowed[rows[stored]]  # type: ignore[index]
+        return out
+
+    def metadata_schema(self) -> dict[str, frozenset[str]]:
+        """Which kinds of value each metadata key holds in the stored rows (see
+        :func:`gl_retrieval.storage.filters.metadata_schema`)."""
+        decoded = self._meta.decoded()
+        return metadata_schema(decoded[r] for r in np.flatnonzero(self._vectors.live))
 
     def vectors(self, node_ids: Sequence[str]) -> np.ndarray:
         """The stored vectors of ``node_ids``, in that order, as float32 ``(n, dim)``.
@@ -545,7 +564,7 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
             keep[[r for d in doc_ids for r in by_doc.get(d, ())]] = True
             mask &= keep
         if filters is not None:
-            mask &= evaluate_filters(filters, column=self._column, live=live)
+            mask &= evaluate_filters(filters, column=self._column, n=n)
         return mask
 
     def _scores(self, q: np.ndarray, rows: np.ndarray | None) -> np.ndarray:

@@ -1,256 +1,237 @@
-"""LlamaIndex ``MetadataFilters`` evaluated as numpy boolean masks over columnar metadata.
+"""One meaning per metadata filter: what each operator means for each kind of value.
 
-A :class:`Column` is built once per metadata key (one pass over the rows' metadata dicts); after
-that every operator is a vectorised numpy expression over all rows, so a filtered query at 100k
-rows costs well under a millisecond instead of a Python loop over 100k dicts.
+Every evaluator follows this rule: :func:`matches` here (the reference, one metadata dict at a
+time), the embedded store's numpy columns (:mod:`gl_retrieval.storage.columns`, which dense, BM25
+and hybrid retrieval all go through) and the Postgres backend's SQL
+(:mod:`gl_retrieval.storage.postgres.filters`). ``tests/test_filter_conformance.py`` runs one
+table of cases against all of them; ``docs/configuration.md`` shows the rule as a table generated
+from :func:`matches`.
 
-Semantics, chosen to follow Python's own rules:
+The rule, for a chunk whose metadata holds ``v`` under the filter's key, and a filter value ``x``:
 
-* numbers (int and float) compare numerically; strings compare lexicographically, which orders
-  ISO-8601 dates and timestamps (``"2024-01-31"``) correctly;
-* ordering operators (``>``, ``>=``, ``<``, ``<=``) and text matching raise
-  :class:`~gl_retrieval.errors.FilterError` when a node holds a value of another type under the
-  key (``"2024" > 2023`` raises in Python too); equality (``==``, ``!=``, ``in``, ``nin``) never
-  raises: a value of another type is simply not equal;
-* a missing key or a ``None`` value matches only ``!=``, ``nin`` and ``is_empty``;
-* ``contains``, ``any`` and ``all`` test membership in list values;
-* ``FilterCondition.NOT`` matches the rows where none of its filters match, as in LlamaIndex.
+* numbers (int and float, never bool) compare numerically; strings compare by code point, which
+  orders ISO-8601 dates and timestamps correctly; booleans equal only booleans (``True`` is not
+  ``1``);
+* ``==``, ``in``, ``<``, ``<=``, ``>`` and ``>=`` match only a ``v`` of the same kind as ``x``;
+  ``!=`` and ``nin`` (``not in``) are their negations, so they match a ``v`` of another kind;
+* a missing key or a ``None`` value matches only ``!=`` and ``nin``;
+* a list ``v`` matches ``==`` / ``in`` when one of its elements does (``!=`` / ``nin``: when none
+  does); ``<``, ``<=``, ``>``, ``>=`` never match a list;
+* no chunk's value makes an evaluator raise. A filter malformed in itself (``in`` without a
+  list, ``<`` against a list) is a :class:`~gl_retrieval.errors.FilterError`, and one that can
+  match no chunk by kind, or names a key no chunk has, is refused before searching
+  (:func:`gl_retrieval.retrieval.filters.check_filters`, against :func:`metadata_schema`).
+
+The operators only LlamaIndex's own API offers keep that principle: ``contains`` / ``any`` /
+``all`` test the elements of list values, ``text_match`` (``_insensitive``) substrings of string
+values, ``is_empty`` a missing, ``None``, empty-string or empty-list value; a ``==`` with a list
+value means ``in`` and ``!=`` with one ``nin``; ``== None`` matches a missing or ``None`` value.
+``and`` / ``or`` / ``not`` (none of them) combine filters, nested to any depth.
+
+Example:
+    >>> from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
+    >>> f = MetadataFilters(filters=[MetadataFilter(key="year", operator=">=", value=2015)])
+    >>> [matches(m, f) for m in ({"year": 2020}, {"year": "unknown"}, {}, {"year": [2016]})]
+    [True, False, False, False]
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import operator
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import numpy as np
-from llama_index.core.vector_stores.types import (
-    FilterCondition,
-    FilterOperator,
-    MetadataFilter,
-    MetadataFilters,
-)
+from llama_index.core.vector_stores.types import FilterCondition, MetadataFilter, MetadataFilters
+from llama_index.core.vector_stores.types import FilterOperator as Op
 
 from gl_retrieval.errors import FilterError
 
-__all__ = ["Column", "build_column", "evaluate_filters"]
+__all__ = [
+    "DATE",
+    "NEGATION",
+    "ORDERING",
+    "condition_of",
+    "kind",
+    "leaves",
+    "match_value",
+    "matches",
+    "metadata_schema",
+    "operand",
+]
 
-MISSING, NUM, STR, BOOL, LIST, OTHER = range(6)
-_KIND_OF_TYPE = {type(None): MISSING, int: NUM, float: NUM, str: STR, bool: BOOL, list: LIST}
-_KIND_NAME = {NUM: "number", STR: "string", BOOL: "bool", LIST: "list", OTHER: "object"}
-_ORDERING = {FilterOperator.GT, FilterOperator.GTE, FilterOperator.LT, FilterOperator.LTE}
-_TEXT = {FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE}
-_MEMBERSHIP = {FilterOperator.CONTAINS, FilterOperator.ANY, FilterOperator.ALL}
+#: An ISO-8601 date or date-time string; :func:`kind` calls such a value a ``date``.
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$")
+#: The negated operators and what they negate.
+NEGATION = {Op.NE: Op.EQ, Op.NIN: Op.IN}
+#: The ordering operators.
+ORDERING: dict[Op, Callable[[Any, Any], bool]] = {
+    Op.GT: operator.gt,
+    Op.GTE: operator.ge,
+    Op.LT: operator.lt,
+    Op.LTE: operator.le,
+}
+_SCALAR = {int: "number", float: "number", str: "string", bool: "bool"}
+_LISTS = (Op.IN, Op.NIN, Op.ANY, Op.ALL)
 
 
-@dataclass(frozen=True)
-class Column:
-    """One metadata key over all rows.
+def kind(value: Any) -> str | None:
+    """The kind of a metadata value: ``number``, ``date``, ``string``, ``bool``, ``list``, the
+    type's name for anything else, ``None`` for ``None``.
 
-    Attributes:
-        key: The metadata key.
-        values: The raw value of every row (``None`` where missing).
-        kind: Type code per row (``MISSING``, ``NUM``, ``STR``, ``BOOL``, ``LIST``, ``OTHER``).
-        num: float64 value of numeric rows, NaN elsewhere.
-        codes: Index into ``vocab`` for string rows, -1 elsewhere.
-        vocab: The distinct strings, sorted, so ordering on codes is ordering on strings.
+    Example:
+        >>> [kind(v) for v in (2020, 0.5, True, "2025-01-02", "PENDLE", [1], None)]
+        ['number', 'number', 'bool', 'date', 'string', 'list', None]
     """
-
-    key: str
-    values: list[Any]
-    kind: np.ndarray
-    num: np.ndarray
-    codes: np.ndarray
-    vocab: list[str]
-
-
-def build_column(key: str, *, metadata: Sequence[dict[str, Any]]) -> Column:
-    """Build the columnar view of ``key`` from every row's metadata dict."""
-    values = [m.get(key) for m in metadata]
-    n = len(values)
-    kind = np.fromiter((_KIND_OF_TYPE.get(type(v), OTHER) for v in values), np.int8, n)
-    num = np.full(n, np.nan)
-    num_rows = np.flatnonzero(kind == NUM)
-    num[num_rows] = [values[i] for i in num_rows]
-    str_rows = np.flatnonzero(kind == STR)
-    strings = [values[i] for i in str_rows]
-    vocab = sorted(set(strings))
-    code_of = {s: i for i, s in enumerate(vocab)}
-    codes = np.full(n, -1, dtype=np.int32)
-    codes[str_rows] = [code_of[s] for s in strings]
-    return Column(key=key, values=values, kind=kind, num=num, codes=codes, vocab=vocab)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return "date" if DATE.match(value) else "string"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return _SCALAR.get(type(value), type(value).__name__)
 
 
-def evaluate_filters(
-    filters: MetadataFilters, *, column: Callable[[str], Column], live: np.ndarray
-) -> np.ndarray:
-    """Evaluate (possibly nested) filters to a boolean mask over all rows.
+def metadata_schema(metadatas: Iterable[Mapping[str, Any]]) -> dict[str, frozenset[str]]:
+    """Which kinds of value (:func:`kind`) each metadata key holds across ``metadatas``.
 
-    Args:
-        filters: The LlamaIndex filters.
-        column: Returns the (cached) :class:`Column` of a key.
-        live: Rows that exist; type checks only look at these.
+    Example:
+        >>> metadata_schema([{"year": 2020, "d": "2025-01-02"}, {"year": 2021.5, "n": None}])
+        {'year': frozenset({'number'}), 'd': frozenset({'date'})}
+    """
+    kinds: dict[str, set[str]] = {}
+    for md in metadatas:
+        for key, value in md.items():
+            k = kind(value)
+            if k is not None:
+                kinds.setdefault(key, set()).add(k)
+    return {k: frozenset(v) for k, v in kinds.items()}
 
-    Returns:
-        A boolean array, True where the row matches (not yet AND-ed with ``live``).
+
+def operand(f: MetadataFilter) -> tuple[Op, Any]:
+    """The operator and value of one filter, checked and normalised (``==`` with a list value is
+    ``in``, ``!=`` with one ``nin``).
 
     Raises:
-        FilterError: An unknown operator or condition, a malformed value, or a type mismatch.
+        FilterError: an unknown operator, or a value of the wrong shape for it.
     """
-    masks = [
-        evaluate_filters(f, column=column, live=live)
-        if isinstance(f, MetadataFilters)
-        else _evaluate_one(f, column(f.key), live)
+    try:
+        op = Op(f.operator)
+    except ValueError:
+        valid = ", ".join(o.value for o in Op)
+        raise FilterError(
+            f"unknown filter operator {f.operator!r} on {f.key!r}; use one of: {valid}"
+        ) from None
+    value = f.value
+    if op in (Op.EQ, Op.NE) and isinstance(value, list):
+        return (Op.IN if op == Op.EQ else Op.NIN), value
+    shown = f"filter on {f.key!r} with operator {op.value!r}"
+    if op in _LISTS and not isinstance(value, list):
+        raise FilterError(f"{shown} needs a list value, but got {value!r}; write e.g. [{value!r}]")
+    if op in ORDERING and _SCALAR.get(type(value)) not in ("number", "string"):
+        raise FilterError(f"{shown} needs a number or a string (an ISO date), but got {value!r}")
+    if op == Op.CONTAINS and isinstance(value, list):
+        raise FilterError(
+            f"{shown} needs one value, but got the list {value!r}; use 'any' or 'all'"
+        )
+    if op in (Op.TEXT_MATCH, Op.TEXT_MATCH_INSENSITIVE) and not isinstance(value, str):
+        raise FilterError(f"{shown} needs a string value, but got {value!r}")
+    return op, value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` within one kind: numbers numerically, strings exactly, booleans as booleans."""
+    k = _SCALAR.get(type(a))
+    return k is not None and k == _SCALAR.get(type(b)) and a == b
+
+
+def _equals(value: Any, x: Any) -> bool:
+    if isinstance(value, list):
+        return any(_same(e, x) for e in value)
+    return _same(value, x)
+
+
+def match_value(op: Op, value: Any, x: Any) -> bool:
+    """Whether a chunk holding ``value`` (``None``: missing) passes ``op x`` (from :func:`operand`).
+
+    Example:
+        >>> match_value(Op.LT, "2024-12-31", "2025-01-01"), match_value(Op.LT, 2024, "2025")
+        (True, False)
+        >>> match_value(Op.NE, "unknown", 2015), match_value(Op.EQ, True, 1)
+        (True, False)
+    """
+    if op in NEGATION:
+        return not match_value(NEGATION[op], value, x)
+    if op == Op.EQ:
+        return value is None if x is None else _equals(value, x)
+    if op == Op.IN:
+        return any(_equals(value, v) for v in x)
+    if op in ORDERING:
+        k = _SCALAR.get(type(value))
+        return k in ("number", "string") and k == _SCALAR.get(type(x)) and ORDERING[op](value, x)
+    if op == Op.CONTAINS:
+        return isinstance(value, list) and _equals(value, x)
+    if op in (Op.ANY, Op.ALL):
+        test = any if op == Op.ANY else all
+        return isinstance(value, list) and test(_equals(value, v) for v in x)
+    if op == Op.TEXT_MATCH:
+        return isinstance(value, str) and x in value
+    if op == Op.TEXT_MATCH_INSENSITIVE:
+        return isinstance(value, str) and x.lower() in value.lower()
+    if op == Op.IS_EMPTY:
+        return value is None or (isinstance(value, (str, list)) and not value)
+    raise FilterError(f"unknown filter operator {op!r}")  # operand() refused it already
+
+
+def condition_of(filters: MetadataFilters) -> FilterCondition:
+    """How ``filters`` combine (``and`` when unset).
+
+    Raises:
+        FilterError: a condition other than ``and``, ``or`` and ``not``.
+    """
+    condition = filters.condition or FilterCondition.AND
+    if condition not in (FilterCondition.AND, FilterCondition.OR, FilterCondition.NOT):
+        raise FilterError(f"unknown filter condition {condition!r}; use and, or or not")
+    return FilterCondition(condition)
+
+
+def leaves(filters: MetadataFilters) -> Iterable[MetadataFilter]:
+    """Every single filter in ``filters``, nested ones included."""
+    for f in filters.filters:
+        if isinstance(f, MetadataFilters):
+            yield from leaves(f)
+        else:
+            yield f
+
+
+def _leaf(metadata: Mapping[str, Any], f: MetadataFilter) -> bool:
+    op, x = operand(f)
+    return match_value(op, metadata.get(f.key), x)
+
+
+def matches(metadata: Mapping[str, Any], filters: MetadataFilters | None) -> bool:
+    """True when a chunk with ``metadata`` passes ``filters`` (``None`` or empty: always).
+
+    The reference evaluator: the columnar and SQL ones compute the same, many rows at once.
+
+    Raises:
+        FilterError: a filter is malformed (never because of ``metadata``).
+
+    Example:
+        >>> from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
+        >>> f = MetadataFilters(filters=[MetadataFilter(key="tags", operator="nin", value=["x"])])
+        >>> matches({"tags": ["x", "y"]}, f), matches({}, f)
+        (False, True)
+    """
+    if filters is None:
+        return True
+    results = [
+        matches(metadata, f) if isinstance(f, MetadataFilters) else _leaf(metadata, f)
         for f in filters.filters
     ]
-    if not masks:
-        return np.ones(len(live), dtype=bool)
-    condition = filters.condition or FilterCondition.AND
-    if condition == FilterCondition.AND:
-        return np.logical_and.reduce(masks)
+    condition = condition_of(filters)
+    if not results or condition == FilterCondition.AND:
+        return all(results)
     if condition == FilterCondition.OR:
-        return np.logical_or.reduce(masks)
-    if condition == FilterCondition.NOT:
-        return ~np.logical_or.reduce(masks)
-    valid = ", ".join(c.value for c in FilterCondition)
-    raise FilterError(f"unknown filter condition {condition!r}; use one of: {valid}")
-
-
-def _evaluate_one(f: MetadataFilter, col: Column, live: np.ndarray) -> np.ndarray:
-    op, value = FilterOperator(f.operator), f.value
-    if op == FilterOperator.EQ:
-        return _equal(col, value)
-    if op == FilterOperator.NE:
-        return ~_equal(col, value)
-    if op in (FilterOperator.IN, FilterOperator.NIN):
-        if not isinstance(value, list):
-            raise FilterError(
-                f"filter on {f.key!r} with operator {op.value!r} needs a list value, "
-                f"but got {value!r}; write e.g. value=[{value!r}]"
-            )
-        hit = _is_in(col, value)
-        return hit if op == FilterOperator.IN else ~hit
-    if op == FilterOperator.IS_EMPTY:
-        empty = (col.kind == MISSING) | (col.codes == _code(col, ""))
-        lists = np.flatnonzero(col.kind == LIST)
-        empty[lists] = [not col.values[i] for i in lists]
-        return empty
-    if op in _ORDERING:
-        return _ordering(f, op, col, live)
-    if op in _TEXT:
-        return _text_match(f, op, col, live)
-    if op in _MEMBERSHIP:
-        return _membership(f, op, col, live)
-    valid = ", ".join(o.value for o in FilterOperator)
-    raise FilterError(f"unsupported filter operator {op!r} on {f.key!r}; use one of: {valid}")
-
-
-def _none(col: Column) -> np.ndarray:
-    return np.zeros(len(col.kind), dtype=bool)
-
-
-def _code(col: Column, s: str) -> int:
-    i = bisect.bisect_left(col.vocab, s)
-    return i if i < len(col.vocab) and col.vocab[i] == s else -2  # -2 never matches
-
-
-def _equal(col: Column, value: Any) -> np.ndarray:
-    if value is None:
-        return col.kind == MISSING
-    if isinstance(value, str):
-        return col.codes == _code(col, value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (col.kind == NUM) & (col.num == value)
-    hit = _none(col)
-    rows = np.flatnonzero(col.kind >= BOOL)
-    hit[rows] = [col.values[i] == value for i in rows]
-    return hit
-
-
-def _is_in(col: Column, values: list[Any]) -> np.ndarray:
-    strings = [v for v in values if isinstance(v, str)]
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    hit = np.isin(col.codes, np.asarray([_code(col, s) for s in strings], dtype=np.int32))
-    if numbers:
-        hit |= (col.kind == NUM) & np.isin(col.num, np.asarray(numbers, dtype=np.float64))
-    for v in values:
-        if v is None or not isinstance(v, (str, int, float)) or isinstance(v, bool):
-            hit |= _equal(col, v)
-    return hit
-
-
-def _check_kind(f: MetadataFilter, col: Column, live: np.ndarray, want: int, fix: str) -> None:
-    bad = live & (col.kind != MISSING) & (col.kind != want)
-    if bad.any():
-        first = int(np.flatnonzero(bad)[0])
-        raise FilterError(
-            f"filter {f.key!r} {f.operator.value} {f.value!r} compares a {_KIND_NAME[want]} "
-            f"with {_KIND_NAME[int(col.kind[first])]} values: {int(bad.sum())} node(s) hold "
-            f"e.g. {col.values[first]!r} under {f.key!r}; {fix}"
-        )
-
-
-def _ordering(f: MetadataFilter, op: FilterOperator, col: Column, live: np.ndarray) -> np.ndarray:
-    value = f.value
-    if isinstance(value, str):
-        _check_kind(f, col, live, STR, f"store {f.key!r} as a string in every node")
-        lo, hi = bisect.bisect_left(col.vocab, value), bisect.bisect_right(col.vocab, value)
-        c = col.codes
-        return {
-            FilterOperator.GT: c >= hi,
-            FilterOperator.GTE: c >= lo,
-            FilterOperator.LT: (c >= 0) & (c < lo),
-            FilterOperator.LTE: (c >= 0) & (c < hi),
-        }[op]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        _check_kind(f, col, live, NUM, f"store {f.key!r} as a number in every node")
-        with np.errstate(invalid="ignore"):
-            return {
-                FilterOperator.GT: col.num > value,
-                FilterOperator.GTE: col.num >= value,
-                FilterOperator.LT: col.num < value,
-                FilterOperator.LTE: col.num <= value,
-            }[op]
-    raise FilterError(
-        f"filter on {f.key!r} with operator {op.value!r} needs a number or string value, "
-        f"but got {value!r}"
-    )
-
-
-def _text_match(f: MetadataFilter, op: FilterOperator, col: Column, live: np.ndarray) -> np.ndarray:
-    if not isinstance(f.value, str):
-        raise FilterError(
-            f"filter on {f.key!r} with operator {op.value!r} needs a string value, "
-            f"but got {f.value!r}"
-        )
-    _check_kind(f, col, live, STR, "text matching applies to string metadata only")
-    if op == FilterOperator.TEXT_MATCH:
-        hits = [i for i, s in enumerate(col.vocab) if f.value in s]
-    else:
-        needle = f.value.lower()
-        hits = [i for i, s in enumerate(col.vocab) if needle in s.lower()]
-    return np.isin(col.codes, np.asarray(hits, dtype=np.int32))
-
-
-def _membership(f: MetadataFilter, op: FilterOperator, col: Column, live: np.ndarray) -> np.ndarray:
-    _check_kind(f, col, live, LIST, "use text_match for substrings, == for scalar values")
-    if op == FilterOperator.CONTAINS:
-        if isinstance(f.value, list):
-            raise FilterError(
-                f"filter on {f.key!r} with operator 'contains' needs one value, but got the "
-                f"list {f.value!r}; use 'any' or 'all' to test several values"
-            )
-        test: Callable[[list[Any]], bool] = lambda v: f.value in v  # noqa: E731
-    else:
-        if not isinstance(f.value, list):
-            raise FilterError(
-                f"filter on {f.key!r} with operator {op.value!r} needs a list value, "
-                f"but got {f.value!r}; write e.g. value=[{f.value!r}]"
-            )
-        wanted, combine = f.value, (any if op == FilterOperator.ANY else all)
-        test = lambda v: combine(w in v for w in wanted)  # noqa: E731
-    hit = _none(col)
-    rows = np.flatnonzero(col.kind == LIST)
-    hit[rows] = [test(col.values[i]) for i in rows]
-    return hit
+        return any(results)
+    return not any(results)  # NOT: none of them

@@ -66,6 +66,11 @@ class Manifest:
     documents: int = 0
     chunks: int = 0
     format: int = MANIFEST_FORMAT
+    #: Metadata key -> the kinds of value the index holds under it (sorted; see
+    #: :func:`gl_retrieval.storage.filters.kind`), so filters are checked before any model loads.
+    #: Recorded at commit by the embedded backend; None in older indexes and on Postgres, which
+    #: read it from the data instead (:meth:`~gl_retrieval.storage.base.Storage.metadata_schema`).
+    metadata_schema: dict[str, list[str]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,14 +2,15 @@
 
 ``PGVectorStore`` builds its filter SQL by pasting keys and values into the statement text, so a
 value such as ``O'Reilly`` breaks the query and a crafted one injects SQL. Here every key and
-value is a bound parameter, and the semantics follow LlamaIndex's ``SimpleVectorStore`` (and the
-embedded backend), so a filter means the same thing on every backend:
+value is a bound parameter, and each operator means what :mod:`gl_retrieval.storage.filters`
+says it means on every backend (``tests/test_filter_conformance.py`` runs the same table here):
 
-- ``==`` / ``!=`` / ``in`` / ``nin`` compare JSON values by type (``2020`` is not ``"2020"``);
-  ``==`` and ``in`` are written as JSONB containment, so a GIN index on the column serves them;
-- ``<`` ``<=`` ``>`` ``>=`` compare numbers with numbers and strings with strings (ISO dates
-  order correctly as strings, byte-wise like Python); a value of another type never matches;
-- a missing key matches only ``!=`` and ``nin``;
+- ``==`` / ``in`` are JSONB containment, ``metadata_ @> {key: x}`` (JSON values compare by type:
+  ``2020`` is not ``"2020"``, ``true`` is not ``1``; numbers numerically), or'ed with
+  ``metadata_ @> {key: [x]}`` for list values, so the GIN index on the column serves both;
+- ``<`` ``<=`` ``>`` ``>=`` compare numbers with numbers and strings with strings (byte-wise,
+  ``COLLATE "C"``: code point order, as Python); a value of another kind is NULL, never a match;
+- ``!=`` / ``nin`` are the negations, true on a missing key or a JSON ``null``;
 - ``contains`` / ``any`` / ``all`` test list values, ``text_match`` (``_insensitive``) substrings,
   ``is_empty`` a missing, null, empty-string or empty-list value;
 - ``condition`` ``and`` / ``or`` / ``not`` (none of the filters match), nested to any depth.
@@ -29,14 +30,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llama_index.core.vector_stores.types import (
-    FilterCondition,
-    FilterOperator,
-    MetadataFilter,
-    MetadataFilters,
-)
+from llama_index.core.vector_stores.types import FilterCondition, MetadataFilter, MetadataFilters
+from llama_index.core.vector_stores.types import FilterOperator as Op
 from sqlalchemy import (
-    Boolean,
     Numeric,
     String,
     and_,
@@ -47,22 +43,18 @@ from sqlalchemy import (
     literal,
     not_,
     or_,
+    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, TextClause
 
-from gl_retrieval.errors import FilterError
+from gl_retrieval.storage.filters import DATE, NEGATION, ORDERING, condition_of, operand
 
-__all__ = ["filters_clause"]
+__all__ = ["filter_clause", "filters_clause", "metadata_kinds"]
 
-_COMPARE = {
-    FilterOperator.GT: lambda a, b: a > b,
-    FilterOperator.GTE: lambda a, b: a >= b,
-    FilterOperator.LT: lambda a, b: a < b,
-    FilterOperator.LTE: lambda a, b: a <= b,
-}
-_SUPPORTED = ", ".join(op.value for op in FilterOperator)
+#: Keys PGVectorStore keeps in ``metadata_`` beside the chunk's own metadata.
+INTERNAL_KEYS = ("_node_content", "_node_type", "document_id", "doc_id", "ref_doc_id")
 
 
 def _literal(value: Any) -> ColumnElement[Any]:
@@ -71,80 +63,65 @@ def _literal(value: Any) -> ColumnElement[Any]:
 
 
 def _equals(metadata: ColumnElement[Any], key: str, value: Any) -> ColumnElement[bool]:
-    """``metadata[key] == value``; for scalars as ``metadata @> {key: value}``, which the GIN
-    index on ``metadata_`` answers (equal JSON values, numbers numerically, no type mixing)."""
-    if isinstance(value, (list, dict)):
-        return metadata[key] == _literal(value)
-    return metadata.contains(_literal({key: value}))
+    """``metadata[key]`` is ``value`` or a list holding it, as two containments the GIN index on
+    ``metadata_`` answers (equal JSON values: numbers numerically, no mixing of types)."""
+    if value is None:
+        return _missing(metadata[key])
+    return or_(
+        metadata.contains(_literal({key: value})), metadata.contains(_literal({key: [value]}))
+    )
 
 
 def _missing(field: ColumnElement[Any]) -> ColumnElement[bool]:
     return or_(field.is_(None), func.jsonb_typeof(field) == "null")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _compare(field: ColumnElement[Any], f: MetadataFilter) -> ColumnElement[bool]:
-    value = f.value
-    if _is_number(value):
-        typed = case((func.jsonb_typeof(field) == "number", cast(field.astext, Numeric)))
-        return _COMPARE[f.operator](typed, value)
-    if isinstance(value, bool):
-        typed = case((func.jsonb_typeof(field) == "boolean", cast(field.astext, Boolean)))
-        return _COMPARE[f.operator](typed, value)
+def _compare(field: ColumnElement[Any], op: Op, value: Any) -> ColumnElement[bool]:
     if isinstance(value, str):
         typed = case((func.jsonb_typeof(field) == "string", field.astext))
-        return _COMPARE[f.operator](typed.collate("C"), value)
-    raise FilterError(
-        f"filter on {f.key!r}: {f.operator.value!r} needs a number, a string or a date, "
-        f"but got {value!r}"
-    )
+        return ORDERING[op](typed.collate("C"), value)
+    typed = case((func.jsonb_typeof(field) == "number", cast(field.astext, Numeric)))
+    return ORDERING[op](typed, value)
 
 
-def _values(f: MetadataFilter) -> list[Any]:
-    if not isinstance(f.value, list):
-        raise FilterError(
-            f"filter on {f.key!r}: {f.operator.value!r} needs a list of values, but got {f.value!r}"
-        )
-    return list(f.value)
+def _positive(metadata: ColumnElement[Any], key: str, op: Op, value: Any) -> ColumnElement[bool]:
+    field = metadata[key]  # metadata_ -> :key (the key is a bound parameter)
+    is_array = func.jsonb_typeof(field) == "array"
+    if op == Op.EQ:
+        return _equals(metadata, key, value)
+    if op == Op.IN:
+        return or_(*(_equals(metadata, key, v) for v in value)) if value else false()
+    if op in ORDERING:
+        return _compare(field, op, value)
+    if op == Op.CONTAINS:
+        return and_(is_array, field.contains(_literal([value])))
+    if op in (Op.ANY, Op.ALL):
+        parts = [field.contains(_literal([v])) for v in value]
+        if not parts:  # as Python's any([]) / all([])
+            return and_(is_array, true() if op == Op.ALL else false())
+        return and_(is_array, or_(*parts) if op == Op.ANY else and_(*parts))
+    if op in (Op.TEXT_MATCH, Op.TEXT_MATCH_INSENSITIVE):
+        string = case((func.jsonb_typeof(field) == "string", field.astext))
+        if op == Op.TEXT_MATCH:
+            return string.contains(value, autoescape=True)
+        return string.icontains(value, autoescape=True)
+    # is_empty (operand() refused every other operator)
+    return or_(_missing(field), field == _literal(""), field == _literal([]))
 
 
 def filter_clause(metadata: ColumnElement[Any], f: MetadataFilter) -> ColumnElement[bool]:
-    """One filter as a SQL condition on the JSONB column ``metadata``."""
-    field = metadata[f.key]  # metadata_ -> :key (the key is a bound parameter)
-    op = f.operator
-    if op == FilterOperator.EQ:
-        return _equals(metadata, f.key, f.value)
-    if op == FilterOperator.NE:
-        return or_(_missing(field), field != _literal(f.value))
-    if op in _COMPARE:
-        return _compare(field, f)
-    if op in (FilterOperator.IN, FilterOperator.NIN):
-        values = _values(f)
-        hit = or_(*(_equals(metadata, f.key, v) for v in values)) if values else false()
-        return hit if op == FilterOperator.IN else or_(_missing(field), not_(hit))
-    if op == FilterOperator.CONTAINS:
-        return and_(func.jsonb_typeof(field) == "array", field.contains(_literal([f.value])))
-    if op in (FilterOperator.ANY, FilterOperator.ALL):
-        values = _values(f)
-        parts = [field.contains(_literal([v])) for v in values]
-        if not parts:  # as Python's any([]) / all([])
-            empty = true() if op == FilterOperator.ALL else false()
-            return and_(func.jsonb_typeof(field) == "array", empty)
-        joined = or_(*parts) if op == FilterOperator.ANY else and_(*parts)
-        return and_(func.jsonb_typeof(field) == "array", joined)
-    if op in (FilterOperator.TEXT_MATCH, FilterOperator.TEXT_MATCH_INSENSITIVE):
-        if not isinstance(f.value, str):
-            raise FilterError(f"filter on {f.key!r}: {op.value!r} needs a string value")
-        text = case((func.jsonb_typeof(field) == "string", field.astext))
-        if op == FilterOperator.TEXT_MATCH:
-            return text.contains(f.value, autoescape=True)
-        return text.icontains(f.value, autoescape=True)
-    if op == FilterOperator.IS_EMPTY:
-        return or_(_missing(field), field == _literal(""), field == _literal([]))
-    raise FilterError(f"filter on {f.key!r}: unknown operator {op!r}; use one of {_SUPPORTED}")
+    """One filter as a SQL condition on the JSONB column ``metadata``.
+
+    Raises:
+        FilterError: an unknown operator, or a value of the wrong shape for it.
+    """
+    op, value = operand(f)
+    if op in NEGATION:
+        positive = _positive(metadata, f.key, NEGATION[op], value)
+        if NEGATION[op] == Op.EQ and value is None:
+            return not_(positive)
+        return or_(_missing(metadata[f.key]), not_(positive))
+    return _positive(metadata, f.key, op, value)
 
 
 def filters_clause(metadata: ColumnElement[Any], filters: MetadataFilters) -> ColumnElement[bool]:
@@ -155,7 +132,8 @@ def filters_clause(metadata: ColumnElement[Any], filters: MetadataFilters) -> Co
         filters: LlamaIndex metadata filters.
 
     Raises:
-        FilterError: an operator this backend does not know, or a value of the wrong shape.
+        FilterError: an operator or condition this backend does not know, or a value of the
+            wrong shape (never a row's value).
     """
     parts = [
         filters_clause(metadata, f)
@@ -163,16 +141,31 @@ def filters_clause(metadata: ColumnElement[Any], filters: MetadataFilters) -> Co
         else filter_clause(metadata, f)
         for f in filters.filters
     ]
-    condition = filters.condition or FilterCondition.AND
+    condition = condition_of(filters)
     if not parts:
         return true()
     if condition == FilterCondition.AND:
         return and_(*parts)
     if condition == FilterCondition.OR:
         return or_(*parts)
-    if condition == FilterCondition.NOT:
-        # A comparison on a missing key is NULL in SQL but false in Python: coalesce so that
-        # `not` matches such rows as SimpleVectorStore does. Only here: a bare `metadata_ @> x`
-        # elsewhere keeps the GIN index and the planner's row estimates usable.
-        return not_(func.coalesce(or_(*parts), false()))
-    raise FilterError(f"unknown filter condition {condition!r}; use and, or or not")
+    # NOT. A comparison with a value of another kind is NULL in SQL but false in Python: coalesce
+    # so that `not` matches such rows. Only here: a bare `metadata_ @> x` elsewhere keeps the
+    # GIN index and the planner's row estimates usable.
+    return not_(func.coalesce(or_(*parts), false()))
+
+
+def metadata_kinds(table: str) -> tuple[TextClause, dict[str, Any]]:
+    """The query (and its parameters) that reads which kinds of value each metadata key holds in
+    ``table`` (a quoted, schema-qualified name), as ``(key, kind)`` rows: one scan on the server.
+
+    Kinds as :func:`gl_retrieval.storage.filters.kind` names them: ``number``, ``bool``,
+    ``string``, ``date``, ``list``, ``dict``.
+    """
+    sql = text(
+        "SELECT e.key, CASE jsonb_typeof(e.value) WHEN 'number' THEN 'number' "
+        "WHEN 'boolean' THEN 'bool' WHEN 'array' THEN 'list' WHEN 'object' THEN 'dict' "
+        "ELSE CASE WHEN (e.value #>> '{}') ~ :date THEN 'date' ELSE 'string' END END "
+        f"FROM {table}, jsonb_each(metadata_) AS e WHERE jsonb_typeof(e.value) <> 'null' "
+        "AND NOT (e.key = ANY(:internal)) GROUP BY 1, 2"
+    )
+    return sql, {"date": DATE.pattern, "internal": list(INTERNAL_KEYS)}

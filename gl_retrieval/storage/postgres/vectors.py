@@ -31,13 +31,11 @@ from llama_index.vector_stores.postgres import PGVectorStore
 from llama_index.vector_stores.postgres.base import DBEmbeddingRow
 
 from gl_retrieval.errors import StorageError
-from gl_retrieval.storage.postgres.filters import filter_clause, filters_clause
+from gl_retrieval.storage.postgres.filters import filter_clause, filters_clause, metadata_kinds
 
 __all__ = ["StagedChanges", "StagedPGVectorStore"]
 
 _VERSION = "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
-#: What counts as a date in metadata (retrieval.filters' pattern, in PostgreSQL's regex).
-_DATE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 
 
 @dataclass
@@ -201,25 +199,15 @@ class StagedPGVectorStore(PGVectorStore):
     def metadata_schema(self) -> dict[str, frozenset[str]]:
         """Which kinds of value each metadata key holds in the committed table.
 
-        Kinds as :mod:`gl_retrieval.retrieval.filters` names them: ``number``, ``bool``, ``string``,
-        ``date`` (an ISO date or date-time string), ``list``, ``dict``. One scan on the server,
-        a few rows back, instead of reading every chunk into this process.
+        Kinds as :func:`gl_retrieval.storage.filters.kind` names them: ``number``, ``bool``,
+        ``string``, ``date`` (an ISO date or date-time string), ``list``, ``dict``. One scan on
+        the server, a few rows back, instead of reading every chunk into this process.
         """
-        from sqlalchemy import text
-
-        internal = ["_node_content", "_node_type", "document_id", "doc_id", "ref_doc_id"]
-        sql = text(
-            "SELECT e.key, CASE jsonb_typeof(e.value) WHEN 'number' THEN 'number' "
-            "WHEN 'boolean' THEN 'bool' WHEN 'array' THEN 'list' WHEN 'object' THEN 'dict' "
-            "ELSE CASE WHEN (e.value #>> '{}') ~ :date THEN 'date' ELSE 'string' END END "
-            f"FROM {self.schema_name}.{self._table_class.__tablename__}, "
-            "jsonb_each(metadata_) AS e WHERE jsonb_typeof(e.value) <> 'null' "
-            "AND NOT (e.key = ANY(:internal)) GROUP BY 1, 2"
-        )
+        sql, params = metadata_kinds(f"{self.schema_name}.{self._table_class.__tablename__}")
         self._initialize()
         kinds: dict[str, set[str]] = {}
         with self._guard("read the metadata keys"), self._session() as session:
-            for key, kind in session.execute(sql, {"date": _DATE, "internal": internal}):
+            for key, kind in session.execute(sql, params):
                 kinds.setdefault(key, set()).add(kind)
         return {k: frozenset(v) for k, v in kinds.items()}
 
