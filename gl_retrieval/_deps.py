@@ -1,10 +1,16 @@
-"""One helper for importing optional, heavy dependencies inside the builders that need them."""
+"""One helper for importing optional, heavy dependencies inside the builders that need them.
+
+Several of them build their own progress bars with ``tqdm.auto``; in a notebook without ipywidgets
+that import would warn, so :func:`require` first has it imported quietly
+(:func:`gl_retrieval._progress.quiet_notebook_tqdm`).
+"""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
+from gl_retrieval._progress import quiet_notebook_tqdm
 from gl_retrieval.errors import MissingDependencyError
 
 __all__ = ["require"]
@@ -19,6 +25,7 @@ def require(module: str, *, extra: str | None = None, package: str = "") -> Modu
         package: The PyPI package to name when there is no extra.
     """
     package = package or module
+    quiet_notebook_tqdm()
     try:
         return importlib.import_module(module)
     except ImportError as e:

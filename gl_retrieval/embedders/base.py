@@ -22,7 +22,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field
 
-__all__ = ["GLEmbedding", "progress_bar"]
+__all__ = ["GLEmbedding"]
 
 
 class GLEmbedding(BaseEmbedding):
@@ -97,14 +97,3 @@ class GLEmbedding(BaseEmbedding):
 
     async def _aget_text_embedding(self, text: str) -> list[float]:
         return self._get_text_embedding(text)
-
-
-def progress_bar(total: int, show: bool, *, unit: str) -> Any:
-    """A tqdm bar over ``total`` items when ``show`` (None when hidden, empty or no tqdm)."""
-    if not show or total == 0:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="embedding", unit=unit)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from gl_retrieval.embedders.base import GLEmbedding, progress_bar
+from gl_retrieval._progress import make_bar
+from gl_retrieval.embedders.base import GLEmbedding
 from gl_retrieval.models.exports import ExportSpec, ensure_export, model_file, read_meta
 from gl_retrieval.models.runtimes import FastTokenizer, Runner, load_runner, openvino_precision
 
@@ -110,7 +111,7 @@ class ExportedEmbedder(GLEmbedding):
         order = np.argsort([-len(e.ids) for e in encs], kind="stable")
         out = np.zeros((len(encs), self.dimension), dtype=np.float32)
         step = self.embed_batch_size
-        bar = progress_bar(len(order), show_progress, unit="chunk")
+        bar = make_bar(total=len(order), desc="embedding", unit="chunk", show=show_progress)
         for start in range(0, len(order), step):
             idx = order[start : start + step]
             feeds = tok.feeds([encs[i] for i in idx])

@@ -16,7 +16,8 @@ import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from gl_retrieval._deps import require
-from gl_retrieval.embedders.base import GLEmbedding, progress_bar
+from gl_retrieval._progress import make_bar
+from gl_retrieval.embedders.base import GLEmbedding
 from gl_retrieval.models import (
     apply_quiet,
     model_load_error,
@@ -26,7 +27,10 @@ from gl_retrieval.models import (
 from gl_retrieval.models.devices import resolve_device
 from gl_retrieval.models.runtimes import apply_torch_threads
 
-__all__ = ["SentenceTransformerEmbedder", "load_sentence_transformer"]
+__all__ = ["SentenceTransformerEmbedder", "encode_with_bar", "load_sentence_transformer"]
+
+#: Batches per ``encode`` call while a bar is shown: the bar moves once per call.
+BAR_BATCHES = 8
 
 
 def load_sentence_transformer(
@@ -134,7 +138,7 @@ class SentenceTransformerEmbedder(GLEmbedding):
     def _encode(self, texts: Sequence[str], *, show_progress: bool) -> np.ndarray:
         m = self.st_model
         if self._unpadded is not None:
-            bar = progress_bar(len(texts), show_progress, unit="text")
+            bar = make_bar(total=len(texts), desc="embedding", unit="text", show=show_progress)
             try:
                 return self._unpadded.encode(
                     texts,
@@ -145,15 +149,14 @@ class SentenceTransformerEmbedder(GLEmbedding):
             finally:
                 if bar is not None:
                     bar.close()
-        vecs = m.encode(
-            list(texts),
+        return encode_with_bar(
+            m,
+            texts,
             batch_size=self.embed_batch_size,
-            show_progress_bar=show_progress,
-            convert_to_numpy=True,
             # Normalise once: skip it when the model ends in its own Normalize layer.
-            normalize_embeddings=self.normalize and not self._model_normalizes,
+            normalize=self.normalize and not self._model_normalizes,
+            show_progress=show_progress,
         )
-        return np.asarray(vecs, dtype=np.float32)
 
     @property
     def dimension(self) -> int:
@@ -207,3 +210,49 @@ class SentenceTransformerEmbedder(GLEmbedding):
             "backend": "torch",
             "precision": "fp16" if str(self.st_model.device).startswith("cuda") else "fp32",
         }
+
+
+def encode_with_bar(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    normalize: bool,
+    show_progress: bool | None,
+) -> np.ndarray:
+    """``SentenceTransformer.encode`` as a float32 matrix, with the package's progress bar.
+
+    sentence-transformers' own bar is never asked for (it builds it with ``tqdm.autonotebook``).
+    Without a bar this is one ``encode`` call. With one, the texts go longest first, as
+    ``encode`` orders them itself, in runs of :data:`BAR_BATCHES` whole batches: the batches
+    are those of one call (ties in length aside), and the bar moves after each run.
+    """
+    texts = list(texts)
+    bar = make_bar(total=len(texts), desc="embedding", unit="text", show=show_progress)
+
+    def encode(part: list[str]) -> np.ndarray:
+        vecs = model.encode(
+            part,
+            batch_size=batch_size,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=normalize,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+    if bar is None:
+        return encode(texts)
+    try:
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        run = max(1, int(batch_size)) * BAR_BATCHES
+        parts: list[np.ndarray] = []
+        for start in range(0, len(order), run):
+            part = encode([texts[i] for i in order[start : start + run]])
+            parts.append(part)
+            bar.update(len(part))
+        stacked = np.concatenate(parts)
+        out = np.empty_like(stacked)
+        out[order] = stacked  # back to the callers' order
+        return out
+    finally:
+        bar.close()

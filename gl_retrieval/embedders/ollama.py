@@ -23,6 +23,7 @@ import numpy as np
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from gl_retrieval._deps import require
+from gl_retrieval._progress import make_bar
 from gl_retrieval.embedders.base import GLEmbedding
 from gl_retrieval.errors import ConfigError, EmbeddingError, ModelLoadError, OllamaError
 from gl_retrieval.ollama.client import (
@@ -269,18 +270,23 @@ class OllamaEmbedder(GLEmbedding):
         if self.tokenizer is not None:
             self._raise_if_too_long(texts, [f"input #{i}" for i in range(len(texts))])
         starts = range(0, len(texts), self.batch_size)
-        if show_progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc=f"Ollama {self.model_name}", unit="batch")
+        bar = make_bar(
+            total=len(starts), desc=f"Ollama {self.model_name}", unit="batch", show=show_progress
+        )
         parts: list[np.ndarray] = []
-        for start in starts:
-            batch = texts[start : start + self.batch_size]
-            try:
-                vectors = self._embed_batch(batch)
-            except _InputTooLong as e:
-                raise self._locate_too_long(batch, offset=start, cause=str(e)) from None
-            parts.append(vectors)
+        try:
+            for start in starts:
+                batch = texts[start : start + self.batch_size]
+                try:
+                    vectors = self._embed_batch(batch)
+                except _InputTooLong as e:
+                    raise self._locate_too_long(batch, offset=start, cause=str(e)) from None
+                parts.append(vectors)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
         matrix = np.concatenate(parts) if parts else np.zeros((0, self.dimension), np.float32)
         if self.normalize:
             norms = np.linalg.norm(matrix, axis=1, keepdims=True)

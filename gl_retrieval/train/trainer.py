@@ -182,14 +182,15 @@ def _first_module(*names: str) -> Any:
 
 
 def _encode(model: Any, texts: list[str], prefix: str, batch_size: int, progress: bool) -> Any:
-    vecs = model.encode(
+    from gl_retrieval.embedders.huggingface import encode_with_bar  # the package's one bar
+
+    return encode_with_bar(
+        model,
         [prefix + t for t in texts],
         batch_size=batch_size,
-        show_progress_bar=progress,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
+        normalize=True,
+        show_progress=progress,
     )
-    return np.asarray(vecs, dtype=np.float32)
 
 
 def _cached_base_vectors(
