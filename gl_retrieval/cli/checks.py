@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gl_retrieval.config import (
+    EmbeddedStorageConfig,
     HuggingFaceEmbedderConfig,
     OllamaEmbedderConfig,
     PipelineConfig,
@@ -169,7 +170,7 @@ def check_config(
         found += _model(rr.model, key="reranker.model", revision=rr.revision)
     if cfg.llm is not None:
         found += _url(cfg.llm.base_url, "llm.base_url")
-    storage = getattr(cfg.storage, "persist_dir", None)
+    storage = cfg.storage.persist_dir if isinstance(cfg.storage, EmbeddedStorageConfig) else None
     if storage is not None and Path(storage).exists() and not Path(storage).is_dir():
         found.append(
             Problem("error", "storage.persist_dir", f"{storage} exists and is not a directory")

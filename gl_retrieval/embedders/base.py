@@ -67,6 +67,18 @@ class GLEmbedding(BaseEmbedding):
         """Longest input the model embeds without truncating or refusing, if known."""
         return None
 
+    @property
+    def unpadded(self) -> bool:
+        """True when a batch's padding costs no compute (the padding-free BERT forward of
+        :mod:`gl_retrieval.embedders.unpadded`): callers need not split batches by length."""
+        return False
+
+    def check_lengths(self, texts: Sequence[str], *, ids: Sequence[str] | None = None) -> None:
+        """Raise before indexing when a text is longer than the model takes and the provider
+        would refuse or silently cut it (the Ollama embedder checks; the others truncate as
+        their model does). ``ids`` name the texts in the message."""
+        return None
+
     # -- the public, prefix-applying API -------------------------------------------------------
 
     def embed_documents(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
@@ -80,6 +92,10 @@ class GLEmbedding(BaseEmbedding):
         """Embed queries (query prefix applied) as one float32 matrix."""
         prefixed = [self.query_prefix + t for t in texts]
         return self._encode(prefixed, show_progress=False)
+
+    def embed_raw(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts exactly as given, no prefix (the TEI ``/embed`` route's contract)."""
+        return self._encode(list(texts), show_progress=False)
 
     # -- LlamaIndex's BaseEmbedding hooks, routed through the API above ------------------------
 

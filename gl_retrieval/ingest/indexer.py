@@ -139,10 +139,7 @@ def _committed(
         chunking=config.chunking.model_dump(),
         where=storage.location,
     )
-    read_documents = getattr(storage, "read_documents", None)
-    if read_documents is not None:
-        return manifest, read_documents()
-    return manifest, storage.load(embed_model=embedder).documents
+    return manifest, storage.read_documents()
 
 
 def _add_nodes(handle: IndexHandle, nodes: list[TextNode]) -> None:
@@ -320,9 +317,8 @@ def index_documents(
         for doc_id in [d.doc_id for d in changed if d.doc_id in old] + gone:
             handle.index.delete_ref_doc(doc_id, delete_from_docstore=True)
             handle.documents.pop(doc_id, None)
-    check = getattr(embedder, "check_lengths", None)
-    if chunks and check is not None:  # refuse over-long chunks up front, naming them
-        check([c.text for c in chunks], ids=[c.node_id for c in chunks])
+    if chunks:  # refuse over-long chunks up front, naming them
+        embedder.check_lengths([c.text for c in chunks], ids=[c.node_id for c in chunks])
     _embed_into(handle, chunks, embedder=embedder, summary=summary, show_progress=show_progress)
     summary.chunks_embedded = len(chunks)
 

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.callbacks import CallbackManager
+from llama_index.core.vector_stores.types import (
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryResult,
+)
 
 from gl_retrieval.storage.manifest import Manifest
 
-__all__ = ["DocRecord", "IndexHandle", "Storage", "index_kwargs"]
+__all__ = ["DocRecord", "GenerationCheck", "IndexHandle", "Storage", "index_kwargs"]
 
 
 def index_kwargs(embed_model: BaseEmbedding) -> dict[str, Any]:
@@ -54,34 +64,152 @@ class IndexHandle:
     documents: dict[str, DocRecord] = field(default_factory=dict)
     #: Extra per-index state other components persist with the index (e.g. the BM25 side).
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Id of the committed generation this handle holds (None: a new, uncommitted index).
+    generation: str | None = None
 
     @property
     def vector_store(self) -> Any:
         return self.storage_context.vector_store
 
 
-class Storage(Protocol):
-    """A place an index lives: a directory (embedded) or a database (postgres)."""
+#: A check of one embedded generation directory beyond the storage's own files (the BM25 side
+#: is retrieval's): ``(generation dir, chunk ids) -> [(path, problem), ...]``.
+GenerationCheck = Callable[[Path, Sequence[str]], Iterable[tuple[Path, str]]]
+
+
+class Storage(abc.ABC):
+    """A place an index lives: a directory (embedded) or a database (postgres).
+
+    Everything a caller may use is declared here, and both backends implement all of it
+    (``tests/test_storage_contract.py`` runs one table of calls against each): callers never
+    probe a backend with ``getattr``, call its private methods or test its concrete type.
+    """
 
     #: Human-readable location for messages (never contains a password).
     location: str
 
+    # -- reading ---------------------------------------------------------------------------------
+
+    @abc.abstractmethod
     def exists(self) -> bool:
         """True when an index has been committed here."""
-        ...
 
+    @abc.abstractmethod
     def read_manifest(self) -> Manifest:
-        """The committed manifest, without loading the index (raises IndexNotFoundError)."""
-        ...
+        """The committed manifest, without loading the index.
 
+        Raises:
+            IndexNotFoundError: nothing is committed.
+        """
+
+    @abc.abstractmethod
+    def read_documents(self) -> dict[str, DocRecord]:
+        """The committed document table (doc id -> content hash and chunk ids), without the
+        chunks.
+
+        Raises:
+            IndexNotFoundError: nothing is committed.
+        """
+
+    @abc.abstractmethod
+    def metadata_schema(self) -> Mapping[str, frozenset[str]]:
+        """Which kinds of value (``number``, ``date``, ``string``, ``bool``, ``list``, ...: see
+        :func:`gl_retrieval.storage.filters.kind`) each metadata key holds in the committed
+        index, read without loading it or any model: filters are checked against it before a
+        model loads.
+
+        Raises:
+            IndexNotFoundError: nothing is committed.
+        """
+
+    @abc.abstractmethod
+    def committed_generation(self) -> str | None:
+        """Id of the generation committed now (None: nothing committed). Cheap enough to poll:
+        a file read (embedded) or one small row (postgres)."""
+
+    @abc.abstractmethod
     def load(self, *, embed_model: BaseEmbedding) -> IndexHandle:
-        """Load the committed index (raises IndexNotFoundError)."""
-        ...
+        """Load the committed index; ``handle.generation`` says which generation it is.
 
+        Raises:
+            IndexNotFoundError: nothing is committed.
+        """
+
+    @abc.abstractmethod
+    def search(
+        self, handle: IndexHandle, query: VectorStoreQuery, *, shared_nodes: bool = False
+    ) -> VectorStoreQueryResult:
+        """Run a vector query on a loaded index (the dense first stage): the nodes, with their
+        text, and their similarities, best first.
+
+        Args:
+            handle: A handle this storage loaded.
+            query: The query (vector, ``similarity_top_k``, filters).
+            shared_nodes: The caller only reads the nodes, so a backend may hand out nodes
+                shared between calls (the embedded store decodes each once); without it every
+                call gets nodes of its own.
+        """
+
+    @abc.abstractmethod
+    def filter_mask(
+        self, handle: IndexHandle, filters: MetadataFilters, *, node_ids: Sequence[str]
+    ) -> np.ndarray:
+        """Which of ``node_ids`` pass ``filters``, as a boolean array in that order: the
+        backend's one filter evaluator, for a first stage that ranks the rows itself (BM25)."""
+
+    @abc.abstractmethod
+    def stored_vectors(self, handle: IndexHandle, node_ids: Sequence[str]) -> np.ndarray | None:
+        """The stored vectors of ``node_ids``, in that order, or None where this backend does
+        not read them back cheaply.
+
+        Raises:
+            KeyError: a node id is not in the index.
+        """
+
+    # -- checking --------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def check_files(self) -> None:
+        """A quick integrity check of the committed index, loading nothing (``info`` runs it).
+
+        Raises:
+            IndexDamagedError: something is damaged (the message names it and the way back).
+        """
+
+    @abc.abstractmethod
+    def verify(self, *, extra: GenerationCheck | None = None) -> dict[str, Any]:
+        """Check the committed index completely, loading no model.
+
+        Args:
+            extra: More checks of an embedded generation directory (retrieval's BM25 side);
+                a backend without generation directories does not call it.
+
+        Returns:
+            The ``verify --json`` shape (docs/operations.md): ``ok``, ``backend``,
+            ``generation``, ``problems`` (``file``, ``problem``), ``warnings``, ``recovery``.
+
+        Raises:
+            IndexNotFoundError: nothing is committed.
+        """
+
+    @abc.abstractmethod
+    def recovery(self) -> str:
+        """How to get back to a working index (an intact older generation, or a rebuild)."""
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    @abc.abstractmethod
     def new(self, *, embed_model: BaseEmbedding) -> IndexHandle:
         """An empty index, not yet committed."""
-        ...
 
+    @abc.abstractmethod
+    def write_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Hold this index's writer lock: one ``index`` run at a time, across processes.
+
+        Raises:
+            StorageError: another process holds it.
+        """
+
+    @abc.abstractmethod
     def commit(self, handle: IndexHandle) -> None:
-        """Make ``handle`` the committed index, atomically."""
-        ...
+        """Make ``handle`` the committed index, atomically (and set ``handle.generation``)."""

@@ -31,17 +31,30 @@ import re
 import shutil
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import numpy as np
 import xxhash
 from llama_index.core import StorageContext, VectorStoreIndex, load_index_from_storage
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.vector_stores.types import (
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryResult,
+)
 
 from gl_retrieval.errors import IndexDamagedError, IndexNotFoundError, StorageError
 from gl_retrieval.storage._files import atomic_write, fsync_dir
-from gl_retrieval.storage.base import DocRecord, IndexHandle, documents_to_json, index_kwargs
+from gl_retrieval.storage.base import (
+    DocRecord,
+    GenerationCheck,
+    IndexHandle,
+    Storage,
+    documents_to_json,
+    index_kwargs,
+)
 from gl_retrieval.storage.integrity import (
     ALGORITHM,
     Problem,
@@ -54,6 +67,9 @@ from gl_retrieval.storage.integrity import (
 )
 from gl_retrieval.storage.manifest import Manifest
 from gl_retrieval.storage.vectors import VECTOR_STORE_FNAME, load_vector_store, new_vector_store
+
+if TYPE_CHECKING:
+    from gl_retrieval.storage.embedded import EmbeddedVectorStore
 
 __all__ = ["LocalStorage", "atomic_write_text"]
 
@@ -94,7 +110,7 @@ class _Lease:
         self._close()
 
 
-class LocalStorage:
+class LocalStorage(Storage):
     """An index in a local directory (the embedded default backend).
 
     Args:
@@ -157,6 +173,11 @@ class LocalStorage:
 
     def exists(self) -> bool:
         return self.current_generation() is not None
+
+    def committed_generation(self) -> str | None:
+        """The committed generation's directory name (``gen-000003-…``), or None."""
+        gen = self.current_generation()
+        return None if gen is None else gen.name
 
     def _require_generation(self) -> Path:
         gen = self.current_generation()
@@ -259,6 +280,22 @@ class LocalStorage:
 
         return self._read(read)
 
+    def metadata_schema(self) -> dict[str, frozenset[str]]:
+        """Which kinds of value each metadata key holds: as the manifest records it, or, for a
+        generation committed before manifests recorded it, read from the stored metadata (no
+        model is loaded either way)."""
+
+        def read(gen: Path) -> dict[str, frozenset[str]]:
+            _, manifest = self._manifest_of(gen)
+            if manifest.metadata_schema is not None:
+                return {k: frozenset(v) for k, v in manifest.metadata_schema.items()}
+            try:
+                return _open_vector_store(gen).metadata_schema()
+            except IndexDamagedError as e:
+                raise self._rewrap(e, gen) from None
+
+        return self._read(read)
+
     def load(self, *, embed_model: BaseEmbedding) -> IndexHandle:
         # A writer may commit and remove this generation while we read CURRENT: then read the
         # new one. Once the lease is held, no writer removes the generation under us.
@@ -307,8 +344,30 @@ class LocalStorage:
                 gen=gen,
             )
         return IndexHandle(
-            index=index, storage_context=sc, manifest=manifest, documents=docs, extras={"dir": gen}
+            index=index,
+            storage_context=sc,
+            manifest=manifest,
+            documents=docs,
+            extras={"dir": gen, **_recorded_schema(manifest)},
+            generation=gen.name,
         )
+
+    def search(
+        self, handle: IndexHandle, query: VectorStoreQuery, *, shared_nodes: bool = False
+    ) -> VectorStoreQueryResult:
+        store: EmbeddedVectorStore = handle.vector_store
+        return store.query(query, shared_nodes=shared_nodes)
+
+    def filter_mask(
+        self, handle: IndexHandle, filters: MetadataFilters, *, node_ids: Sequence[str]
+    ) -> np.ndarray:
+        store: EmbeddedVectorStore = handle.vector_store
+        return store.filter_mask(filters, node_ids=node_ids)
+
+    def stored_vectors(self, handle: IndexHandle, node_ids: Sequence[str]) -> np.ndarray:
+        """The vectors of ``node_ids`` as stored (raises KeyError for an unknown id)."""
+        store: EmbeddedVectorStore = handle.vector_store
+        return store.vectors(node_ids)
 
     def new(self, *, embed_model: BaseEmbedding) -> IndexHandle:
         sc = StorageContext.from_defaults(vector_store=new_vector_store())
@@ -387,9 +446,14 @@ class LocalStorage:
 
         self._read(check)
 
-    def verify(self) -> dict[str, Any]:
+    def verify(self, *, extra: GenerationCheck | None = None) -> dict[str, Any]:
         """Check the committed generation completely: every checksum, every JSON file, NaN/inf,
         and that the document table, the vector store and the manifest agree.
+
+        Args:
+            extra: More checks of the generation directory, given the chunk ids its document
+                table lists (the pipeline passes the BM25 side's check); run when that table
+                reads.
 
         Returns:
             The ``verify --json`` shape (docs/operations.md): ``ok``, ``generation``, ``files``,
@@ -434,7 +498,18 @@ class LocalStorage:
         report["files"] = len(files) + 1
         report["bytes"] = sum(int(s.get("bytes") or 0) for s in files.values())
         report["problems"] = [p.to_dict() for p in problems]
-        report["ok"] = not problems
+        if extra is not None:
+            seen = {p["file"] for p in report["problems"]}
+            try:
+                docs = self._documents_of(gen, None)  # checksums were checked above
+                ids = [nid for rec in docs.values() for nid in rec.nodes]
+            except (IndexDamagedError, FileNotFoundError):
+                ids = None  # the document table is damaged: already reported
+            for path, problem in extra(gen, ids) if ids is not None else ():
+                if str(path) not in seen:
+                    report["problems"].append({"file": str(path), "problem": problem})
+        report["ok"] = not report["problems"]
+        problems = report["problems"]
         if problems:
             report["recovery"] = self.recovery(exclude=gen)
         report["seconds"] = round(time.perf_counter() - t0, 3)
@@ -481,6 +556,10 @@ class LocalStorage:
             hook(tmp)
         (tmp / DOCUMENTS).write_text(documents_to_json(handle.documents), encoding="utf-8")
         # Last: the manifest, with the size and checksum of every file written above.
+        store: EmbeddedVectorStore = handle.vector_store
+        kinds = store.metadata_schema()
+        handle.manifest.metadata_schema = {k: sorted(v) for k, v in sorted(kinds.items())}
+        handle.extras.update(_recorded_schema(handle.manifest))
         manifest = seal(handle.manifest.to_dict(), record_files(tmp))
         name = f"gen-{number:06d}-{manifest['integrity']['digest'][:8]}"
         (tmp / MANIFEST).write_text(manifest_json(manifest), encoding="utf-8")
@@ -496,6 +575,7 @@ class LocalStorage:
         fsync_dir(self.persist_dir)
         atomic_write_text(self.persist_dir / CURRENT, name + "\n")
         handle.extras["dir"] = final
+        handle.generation = final.name
         old = handle.extras.get("lease")
         handle.extras["lease"] = _Lease(final)
         if old is not None:
@@ -528,6 +608,15 @@ class LocalStorage:
                 shutil.rmtree(dead, ignore_errors=True)
             finally:
                 os.close(fd)
+
+
+def _recorded_schema(manifest: Manifest) -> dict[str, Any]:
+    """The handle extra that filter checks read (retrieval.retrievers.index_schema), when the
+    manifest records the metadata schema."""
+    if manifest.metadata_schema is None:
+        return {}
+    schema = {k: frozenset(v) for k, v in manifest.metadata_schema.items()}
+    return {"gl_metadata_schema": schema}
 
 
 def _open_vector_store(gen: Path) -> Any:

@@ -26,18 +26,31 @@ the generation it started from, so two writers can never interleave. Readers tak
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.vector_stores.types import (
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryResult,
+)
 
 from gl_retrieval._deps import require
 from gl_retrieval.config import PostgresStorageConfig
 from gl_retrieval.errors import ConfigError, GLRetrievalError, IndexNotFoundError, StorageError
-from gl_retrieval.storage.base import DocRecord, IndexHandle, index_kwargs
+from gl_retrieval.storage.base import (
+    DocRecord,
+    GenerationCheck,
+    IndexHandle,
+    Storage,
+    index_kwargs,
+)
 from gl_retrieval.storage.manifest import Manifest
 from gl_retrieval.storage.postgres.errors import translate
 from gl_retrieval.storage.postgres.sql import (
@@ -66,15 +79,15 @@ def _public_url(url: Any) -> str:
 class _MetadataKinds(Mapping[str, frozenset[str]]):
     """Metadata key -> kinds of value in the table, read with one query on first use."""
 
-    def __init__(self, store: Any) -> None:
-        self._store = store
+    def __init__(self, read: Callable[[], dict[str, frozenset[str]]]) -> None:
+        self._read = read
         self._kinds: dict[str, frozenset[str]] | None = None
         self._lock = threading.Lock()
 
     def _get(self) -> dict[str, frozenset[str]]:
         with self._lock:
             if self._kinds is None:
-                self._kinds = self._store.metadata_schema()
+                self._kinds = self._read()
             return self._kinds
 
     def __getitem__(self, key: str) -> frozenset[str]:
@@ -87,7 +100,7 @@ class _MetadataKinds(Mapping[str, frozenset[str]]):
         return len(self._get())
 
 
-class PostgresStorage:
+class PostgresStorage(Storage):
     """An index in PostgreSQL with pgvector (see the module docstring for the layout).
 
     Construction is cheap: nothing connects until the first read or write. One instance keeps
@@ -130,6 +143,7 @@ class PostgresStorage:
         self.manifest_table = f"{self.table}_manifest"
         self._engines: tuple[Any, Any] | None = None
         self._engine_lock = threading.Lock()
+        self._kinds: tuple[int, dict[str, frozenset[str]]] | None = None  # (generation, schema)
 
     # -- connections and errors ----------------------------------------------------------------
 
@@ -232,14 +246,80 @@ class PostgresStorage:
     def read_manifest(self) -> Manifest:
         return self._read_state(documents=False)[2]
 
+    def metadata_schema(self) -> dict[str, frozenset[str]]:
+        """Read on the server, one scan of the chunk table with a few rows back, and kept until
+        the committed generation changes."""
+        return self._kinds_at(self._read_state(documents=False)[0])
+
+    def _kinds_at(self, generation: int) -> dict[str, frozenset[str]]:
+        cached = self._kinds
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        engine, _ = self.engines()  # first: MissingDependencyError without the postgres extra
+        from gl_retrieval.storage.postgres.filters import metadata_kinds
+
+        sql, params = metadata_kinds(qname(self.vectors))
+        kinds: dict[str, set[str]] = {}
+        with self.errors("read the metadata keys"), engine.connect() as conn:
+            for key, kind in conn.execute(sql, params):
+                kinds.setdefault(key, set()).add(kind)
+        schema = {k: frozenset(v) for k, v in kinds.items()}
+        self._kinds = (generation, schema)
+        return schema
+
+    def committed_generation(self) -> str | None:
+        """The manifest row's generation number, as text, or None."""
+        try:
+            return str(self._read_state(documents=False)[0])
+        except IndexNotFoundError:
+            return None
+
+    def search(
+        self, handle: IndexHandle, query: VectorStoreQuery, *, shared_nodes: bool = False
+    ) -> VectorStoreQueryResult:
+        """pgvector's query (filters as bound SQL, see :mod:`.filters`); nodes are never
+        shared."""
+        return handle.vector_store.query(query)
+
+    def filter_mask(
+        self, handle: IndexHandle, filters: MetadataFilters, *, node_ids: Sequence[str]
+    ) -> np.ndarray:
+        """The rows passing ``filters`` (bound SQL, :mod:`.filters`), as a mask over
+        ``node_ids``."""
+        sa = require("sqlalchemy", extra="postgres")
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        from gl_retrieval.storage.postgres.filters import filters_clause
+
+        where = filters_clause(sa.column("metadata_", JSONB), filters)
+        query = (
+            sa.select(sa.column("node_id")).select_from(sa.text(qname(self.vectors))).where(where)
+        )
+        engine, _ = self.engines()
+        with self.errors("filter the index"), engine.connect() as conn:
+            passing = {row[0] for row in conn.execute(query)}
+        return np.fromiter((i in passing for i in node_ids), dtype=bool, count=len(node_ids))
+
+    def stored_vectors(self, handle: IndexHandle, node_ids: Sequence[str]) -> None:
+        """None: the vectors stay on the server (callers embed again, or use a cache)."""
+        return None
+
+    def check_files(self) -> None:
+        """Nothing to check here: the server owns the bytes (``verify`` checks the counts)."""
+        self._read_state(documents=False)
+
+    def recovery(self) -> str:
+        return "rebuild with `gl-retrieval index CONFIG --rebuild` (re-embeds everything)"
+
     def read_documents(self) -> dict[str, DocRecord]:
         """The committed document table (doc id -> hash and chunk ids), without the chunks."""
         return self._read_state(documents=True)[3]
 
-    def verify(self) -> dict[str, Any]:
+    def verify(self, *, extra: GenerationCheck | None = None) -> dict[str, Any]:
         """A lighter check than the embedded backend's (the server owns the bytes): the manifest
         and document table read, the vector table holds exactly the chunks they list, each once,
-        with the recorded dimension, and whether the server's data checksums are on.
+        with the recorded dimension, and whether the server's data checksums are on. ``extra``
+        checks a generation directory, which this backend has none of.
 
         Returns:
             The ``verify --json`` shape (docs/operations.md).
@@ -304,9 +384,7 @@ class PostgresStorage:
             "data_checksums": checksums,
             "problems": problems,
             "warnings": warnings,
-            "recovery": None
-            if not problems
-            else "rebuild with `gl-retrieval index CONFIG --rebuild` (re-embeds everything)",
+            "recovery": None if not problems else self.recovery(),
             "seconds": round(time.perf_counter() - t0, 3),
         }
 
@@ -350,10 +428,19 @@ class PostgresStorage:
             BASE_CHUNKS: chunks,
             # What filter checks read (retrieval.retrievers.index_schema): computed on the
             # server when first needed, instead of reading every chunk into this process.
-            "gl_metadata_schema": _MetadataKinds(store),
+            "gl_metadata_schema": _MetadataKinds(
+                store.metadata_schema
+                if generation is None or cleared
+                else functools.partial(self._kinds_at, generation)
+            ),
         }
         return IndexHandle(
-            index=index, storage_context=sc, manifest=manifest, documents=docs, extras=extras
+            index=index,
+            storage_context=sc,
+            manifest=manifest,
+            documents=docs,
+            extras=extras,
+            generation=None if (generation is None or cleared) else str(generation),
         )
 
     def load(self, *, embed_model: BaseEmbedding) -> IndexHandle:
@@ -437,5 +524,6 @@ class PostgresStorage:
         generation = _pgcommit.commit(self, handle, store)
         store.reset_staged()
         handle.extras[GENERATION] = generation
+        handle.generation = str(generation)
         handle.extras[BASE] = snapshot(handle.documents)
         handle.extras[BASE_CHUNKS] = handle.manifest.chunks
