@@ -57,17 +57,16 @@ def latency_table(names: Sequence[str], data: Path, *, n: int = 100) -> str:
     from gl_retrieval.eval.metrics import load_beir
     from gl_retrieval.eval.runner import _time_single_queries, parse_modes
     from gl_retrieval.pipeline import RetrievalPipeline
-    from gl_retrieval.retrieval.retrievers import build_first_stage
 
     lines = ["| dataset | run | p50 ms | p95 ms |", "|---|---|---:|---:|"]
     for name in names:
         pipe = RetrievalPipeline.from_config(ROOT / "bench" / "configs" / f"{name}.yaml").warmup()
         texts = list(load_beir(data / name, split=DATASETS[name], gains="auto").queries.values())
-        handle = pipe._load_handle()
         for mode, cfg in parse_modes(MODES, pipe.config.retriever):
-            first = build_first_stage(handle, cfg, top_k=100)
-            first.retrieve(texts[0])  # warm caches (BM25 side, node metadata)
-            ms, _ = _time_single_queries(first, None, texts[:n], k=100)
+            stages = pipe.stages(retriever=cfg)
+            embed = pipe.embedder.embed_queries
+            _time_single_queries(stages, embed, texts[:1], k=100)  # warm caches (BM25, nodes)
+            ms, _ = _time_single_queries(stages, embed, texts[:n], k=100)
             p50, p95 = np.percentile(ms, [50, 95])
             lines.append(f"| {name} | {LABELS[mode]} | {p50:.1f} | {p95:.1f} |")
     return "\n".join(lines)

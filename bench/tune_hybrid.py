@@ -86,7 +86,7 @@ def build_cache(name: str, data_dir: Path, out: Path) -> Path:
     t0 = time.perf_counter()
     summary = pipe.index_documents(list(read_jsonl(ds.corpus_path, [])), show_progress=True)
     print(f"{name}: {summary.line()} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
-    handle = pipe._load_handle()
+    handle = pipe.stages().handle
     ids = chunk_ids(handle)
     matrix = _vectors(handle, ids)
     qids = list(ds.queries)

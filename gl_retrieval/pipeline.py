@@ -2,10 +2,23 @@
 
 Example:
     >>> from gl_retrieval import RetrievalPipeline
-    >>> pipe = RetrievalPipeline.from_config("examples/configs/demo.yaml")  # doctest: +SKIP
-    >>> pipe.warmup()                                          # load models + index at start
-    >>> for hit in pipe.retrieve("how are chunks measured?"):  # doctest: +SKIP
-    ...     print(hit.doc_id, round(hit.score, 3))
+    >>> pipe = RetrievalPipeline.from_config(
+    ...     {
+    ...         "embedder": {"model": "packaged:all-MiniLM-L6-v2"},  # offline; or a hub id
+    ...         "retriever": {"mode": "dense", "top_k": 10},
+    ...         "storage": {"persist_dir": index_dir},  # any directory
+    ...         "sources": [{"path": "gl_retrieval/data/demo_corpus.jsonl"}],
+    ...         "chunking": {"chunk_size": 200, "chunk_overlap": 20},
+    ...     }
+    ... )
+    >>> pipe.index(show_progress=False).added  # documents embedded
+    50
+    >>> pipe = pipe.warmup()  # load the models and the index at start, not on the first query
+    >>> for hit in pipe.retrieve("how are chunks measured?", top_n=3):
+    ...     print(hit.doc_id, hit.score_kind)
+    chunking-size cosine
+    chunking-overlap cosine
+    chunking-doc-ranking cosine
 """
 
 from __future__ import annotations
@@ -16,7 +29,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +41,17 @@ from llama_index.core.schema import QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from gl_retrieval._progress import want_progress
-from gl_retrieval.config import PipelineConfig, load_config, parse_config
+from gl_retrieval.config import PipelineConfig, RetrieverConfig, load_config, parse_config
 from gl_retrieval.embedders import GLEmbedding, get_embedder
-from gl_retrieval.errors import ConfigError, GLRetrievalError, LLMNotConfiguredError
+from gl_retrieval.errors import ConfigError, LLMNotConfiguredError
 from gl_retrieval.ingest.indexer import IndexSummary, index_documents, index_sources
 from gl_retrieval.ingest.sources import Document
-from gl_retrieval.retrieval.filters import parse_filters
+from gl_retrieval.retrieval.filters import check_filters
+from gl_retrieval.retrieval.flow import SearchRequest, TwoStage, TwoStageRetriever, check_request
 from gl_retrieval.retrieval.lexical import attach_lexical, check_lexical, lexical_index
-from gl_retrieval.retrieval.queries import check_depth, check_query
 from gl_retrieval.retrieval.rerankers import CrossEncoderReranker, build_reranker
-from gl_retrieval.retrieval.results import RankedNode, format_results, retrieval_kind
-from gl_retrieval.retrieval.retrievers import TwoStageRetriever, build_first_stage, dense_search
+from gl_retrieval.retrieval.results import RankedNode, format_results
+from gl_retrieval.retrieval.retrievers import index_schema
 from gl_retrieval.storage import IndexHandle, Storage, check_compatible, open_storage
 from gl_retrieval.storage.manifest import chunking_differences
 
@@ -297,13 +309,13 @@ class RetrievalPipeline:
 
         Cheap enough to poll: a file read (embedded) or one small row (postgres).
         """
-        return _committed_generation(self.storage)
+        return self.storage.committed_generation()
 
     @property
     def generation(self) -> str | None:
         """Id of the generation loaded in this pipeline (None: no index loaded yet)."""
         handle = self._handle
-        return None if handle is None else _handle_generation(handle)
+        return None if handle is None else handle.generation
 
     def refresh(self) -> bool:
         """Load the committed generation if it is newer than the loaded one, then swap.
@@ -384,8 +396,7 @@ class RetrievalPipeline:
     def _write(self, run: Callable[..., IndexSummary], **options: bool) -> IndexSummary:
         """Run one indexing function under the storage's writer lock, then drop the loaded index
         so the next query sees the new commit."""
-        lock = getattr(self.storage, "write_lock", None)
-        with self._write_lock, lock() if lock else nullcontext():
+        with self._write_lock, self.storage.write_lock():
             summary = run(
                 config=self._config,
                 embedder=self.embedder,
@@ -399,6 +410,54 @@ class RetrievalPipeline:
 
     # -- querying ------------------------------------------------------------------------------
 
+    def request(
+        self,
+        queries: Sequence[str],
+        *,
+        filters: FiltersArg = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+    ) -> SearchRequest:
+        """Check and parse a request once (the entry of every query path).
+
+        Raises:
+            QueryError: a query, ``top_k`` or ``top_n`` is not acceptable.
+            FilterError: a filter is malformed, names a key no chunk has, or has a value of a
+                kind the key never holds. Checked against the loaded index's metadata, or
+                before the first load against :meth:`Storage.metadata_schema`, so no model
+                loads for it.
+        """
+        req = check_request(
+            queries,
+            filters=filters,
+            top_k=top_k,
+            top_n=top_n,
+            default_top_k=self._config.retriever.top_k,
+        )
+        if req.filters is not None:
+            handle = self._handle  # loading one would load the embedder: not for this check
+            schema = self.storage.metadata_schema() if handle is None else index_schema(handle)
+            check_filters(req.filters, schema)
+        return req
+
+    def stages(
+        self, *, retriever: RetrieverConfig | None = None, shared_nodes: bool = False
+    ) -> TwoStage:
+        """The two stages over the index loaded now (loading it on first use).
+
+        Args:
+            retriever: Another first-stage setting over the same index (``eval --modes``);
+                default: the config's ``retriever``.
+            shared_nodes: The caller only reads the results' nodes (``serve``).
+        """
+        return TwoStage(
+            storage=self.storage,
+            handle=self._load_handle(),
+            retriever=retriever or self._config.retriever,
+            reranker=self.reranker,
+            shared_nodes=shared_nodes,
+        )
+
     def as_retriever(
         self,
         *,
@@ -408,22 +467,28 @@ class RetrievalPipeline:
     ) -> TwoStageRetriever:
         """A LlamaIndex retriever: first stage ``top_k``, then the reranker (if any) to ``top_n``.
 
+        Each call runs on the index loaded at that moment (a ``refresh`` between two calls is
+        seen by the second).
+
         Args:
             filters: Metadata filters applied before ``top_k`` is taken, in every mode:
                 ``MetadataFilters``, strings like ``["ticker=PENDLE", "date<2026-01-01"]`` or
                 a mapping like ``{"ticker": "PENDLE"}`` (see :mod:`gl_retrieval.retrieval.filters`).
             top_k: Candidates to retrieve; default ``retriever.top_k``.
             top_n: Results to return; default ``reranker.top_n`` (or all ``top_k`` without one).
+
+        Raises:
+            QueryError: ``top_k`` or ``top_n`` is not acceptable.
+            FilterError: a filter is malformed, or cannot match this index.
         """
-        check_depth("top_k", top_k)
-        check_depth("top_n", top_n)
-        k = top_k or self._config.retriever.top_k
-        parsed = parse_filters(filters)
-        handle = self._load_handle()
-        rc = self._config.retriever
-        first = build_first_stage(handle, rc, top_k=k, filters=parsed)
-        kind = retrieval_kind(rc.mode, fusion=rc.fusion, normalization=rc.normalization)
-        return TwoStageRetriever(first, reranker=self.reranker, top_n=top_n, retrieval_kind=kind)
+        req = self.request((), filters=filters, top_k=top_k, top_n=top_n)
+        return TwoStageRetriever(
+            self.stages,
+            embed=self.embedder.embed_queries,
+            filters=req.filters,
+            top_k=req.top_k,
+            top_n=req.top_n,
+        )
 
     def retrieve(
         self,
@@ -445,14 +510,17 @@ class RetrievalPipeline:
         Returns:
             Results best first; each keeps ``retrieval_score`` and ``rerank_score``.
 
+        Raises:
+            QueryError: the query, ``top_k`` or ``top_n`` is not acceptable.
+            FilterError: a filter is malformed, or cannot match this index.
+
         Example:
-            >>> hits = pipe.retrieve("what is reciprocal rank fusion?", top_n=3)  # doctest: +SKIP
-            >>> [h.doc_id for h in hits]  # doctest: +SKIP
-            >>> pipe.retrieve("upgrade", filters=["ticker=PENDLE"])  # doctest: +SKIP
+            >>> hits = pipe.retrieve("how are chunks measured?", top_n=3)
+            >>> len(hits), hits[0].score_kind
+            (3, 'cosine')
         """
-        _check_query(query, top_k=top_k)
-        retriever = self.as_retriever(filters=filters, top_k=top_k, top_n=top_n)
-        return list(retriever.retrieve(query))  # type: ignore[arg-type]
+        (hits,) = self.retrieve_batch([query], filters=filters, top_k=top_k, top_n=top_n)
+        return hits
 
     @property
     def needs_query_embedding(self) -> bool:
@@ -466,60 +534,22 @@ class RetrievalPipeline:
         embedding: Sequence[float] | None = None,
         filters: FiltersArg = None,
         top_k: int | None = None,
-        direct: bool = False,
     ) -> list[RankedNode]:
         """The first stage alone: ``top_k`` candidates for ``query``, not reranked.
 
         Args:
             query: The query text.
             embedding: The query's vector (from :meth:`GLEmbedding.embed_queries`); computed
-                here when None. Pass it to embed many queries in one call.
+                here when None.
             filters: Metadata filters, as for :meth:`retrieve`.
             top_k: Candidates to retrieve; default ``retriever.top_k``.
-            direct: In dense mode, query the store without LlamaIndex's retriever around it
-                (:func:`~gl_retrieval.retrieval.retrievers.dense_search`): the same hits,
-                without its instrumentation events, about 0.6 ms sooner, and on the embedded
-                store with nodes shared between calls, not to be modified. ``serve`` does this.
         """
-        _check_query(query, top_k=top_k)
-        k = top_k or self._config.retriever.top_k
-        handle = self._load_handle()
-        if direct and embedding is not None and self._config.retriever.mode == "dense":
-            hits = dense_search(handle, embedding, top_k=k, filters=filters)
-            if hits is not None:
-                return [RankedNode.from_retrieved(h) for h in hits]
-        first = build_first_stage(
-            handle, self._config.retriever, top_k=k, filters=parse_filters(filters)
-        )
-        bundle = QueryBundle(
-            query_str=query, embedding=None if embedding is None else [float(x) for x in embedding]
-        )
-        return [RankedNode.from_retrieved(h) for h in first.retrieve(bundle)]
-
-    def rank_candidates(
-        self,
-        candidates: Sequence[RankedNode],
-        *,
-        scores: Sequence[float] | None = None,
-        top_n: int | None = None,
-    ) -> list[RankedNode]:
-        """The second stage: order ``candidates`` by reranker ``scores`` and cut to ``top_n``.
-
-        Args:
-            candidates: From :meth:`retrieve_candidates`.
-            scores: Cross-encoder scores for ``(query, passage)`` of each candidate (see
-                :meth:`CrossEncoderReranker.score_pairs`); required when a reranker is
-                configured, ignored otherwise.
-            top_n: Results to return, as for :meth:`retrieve`.
-        """
-        if top_n is not None and top_n <= 0:
-            raise ValueError(f"top_n must be > 0, but got {top_n}")
-        reranker = self.reranker
-        if reranker is None:
-            return list(candidates[:top_n] if top_n is not None else candidates)
-        if scores is None:
-            raise ValueError("rank_candidates needs the reranker's scores for the candidates")
-        return reranker.rank(candidates, scores, top_n=top_n)
+        req = self.request([query], filters=filters, top_k=top_k)
+        stages = self.stages()
+        vectors = None
+        if stages.needs_vectors:
+            vectors = [embedding] if embedding is not None else self.embedder.embed_queries([query])
+        return stages.candidates(req, vectors)[0]
 
     def retrieve_batch(
         self,
@@ -531,7 +561,7 @@ class RetrievalPipeline:
     ) -> list[list[RankedNode]]:
         """:meth:`retrieve` for many queries: one embed call for all of them, one rerank call.
 
-        Results equal (to float tolerance) ``[pipe.retrieve(q, ...) for q in queries]``.
+        Results equal ``[pipe.retrieve(q, ...) for q in queries]`` (to float tolerance).
 
         Args:
             queries: The query texts.
@@ -543,37 +573,24 @@ class RetrievalPipeline:
             One result list per query, in the order of ``queries``.
 
         Example:
-            >>> a, b = pipe.retrieve_batch(["what is BM25?", "rerank?"])  # doctest: +SKIP
+            >>> a, b = pipe.retrieve_batch(["what is BM25?", "what does a reranker do?"])
+            >>> len(a) == len(b) == pipe.config.retriever.top_k
+            True
         """
-        if isinstance(queries, str):
-            raise ValueError("retrieve_batch takes a list of queries; use retrieve for one")
-        queries = list(queries)
-        for q in queries:
-            _check_query(q, top_k=top_k)
-        if top_n is not None and top_n <= 0:
-            raise ValueError(f"top_n must be > 0, but got {top_n}")
-        if not queries:
+        return self.run(self.request(queries, filters=filters, top_k=top_k, top_n=top_n))
+
+    def run(self, request: SearchRequest) -> list[list[RankedNode]]:
+        """Run a request checked by :meth:`request` through both stages: one embed call for
+        all its queries, one rerank call for all their candidates.
+
+        Example:
+            >>> req = pipe.request(["what is BM25?"], top_n=2)
+            >>> [len(hits) for hits in pipe.run(req)]
+            [2]
+        """
+        if not request.queries:
             return []
-        parsed = parse_filters(filters)
-        vectors: list[Any] = [None] * len(queries)
-        if self.needs_query_embedding:
-            vectors = list(self.embedder.embed_queries(queries))
-        candidates = [
-            self.retrieve_candidates(q, embedding=v, filters=parsed, top_k=top_k)
-            for q, v in zip(queries, vectors, strict=True)
-        ]
-        reranker = self.reranker
-        if reranker is None:
-            return [self.rank_candidates(c, top_n=top_n) for c in candidates]
-        pairs = [
-            (q, p) for q, c in zip(queries, candidates, strict=True) for p in reranker.passages(c)
-        ]
-        flat = reranker.score_pairs(pairs)
-        out, start = [], 0
-        for c in candidates:
-            out.append(self.rank_candidates(c, scores=flat[start : start + len(c)], top_n=top_n))
-            start += len(c)
-        return out
+        return self.stages().run(request, embed=self.embedder.embed_queries)
 
     async def aretrieve(
         self,
@@ -679,24 +696,7 @@ class RetrievalPipeline:
             >>> report["ok"], report["problems"]  # doctest: +SKIP
             (True, [])
         """
-        storage = self.storage
-        report = storage.verify()  # type: ignore[attr-defined]
-        gen = report.get("generation")
-        if report["backend"] != "embedded" or gen is None:
-            return report
-        seen = {p["file"] for p in report["problems"]}
-        directory = Path(storage.location) / gen
-        try:
-            ids = [nid for rec in storage.read_documents().values() for nid in rec.nodes]  # type: ignore[attr-defined]
-        except GLRetrievalError:
-            return report  # the document table is damaged: already reported
-        for path, problem in check_lexical(directory, ids):
-            if str(path) not in seen:
-                report["problems"].append({"file": str(path), "problem": problem})
-        if report["ok"] and report["problems"]:
-            report["ok"] = False
-            report["recovery"] = storage.recovery(exclude=directory)  # type: ignore[attr-defined]
-        return report
+        return self.storage.verify(extra=check_lexical)
 
     async def aquery(self, query: str, **kwargs: Any) -> Response:
         """``as_query_engine(**kwargs).aquery(query)``: retrieval (and an LLM answer, if one
@@ -715,9 +715,7 @@ class RetrievalPipeline:
         0.05 s per 100k chunks), so a damaged index raises ``IndexDamagedError`` here as well.
         """
         m = self.storage.read_manifest()
-        check = getattr(self.storage, "check_files", None)
-        if check is not None:
-            check()
+        self.storage.check_files()
         return {
             "location": self.storage.location,
             "backend": self._config.storage.backend,
@@ -729,37 +727,3 @@ class RetrievalPipeline:
             "created_at": m.created_at,
             "updated_at": m.updated_at,
         }
-
-
-def _check_query(query: Any, *, top_k: int | None) -> None:
-    check_query(query)
-    check_depth("top_k", top_k)
-
-
-def _committed_generation(storage: Storage) -> str | None:
-    """The storage's committed generation id: the CURRENT directory name (embedded) or the
-    manifest row's generation number (postgres)."""
-    current = getattr(storage, "current_generation", None)
-    if current is not None:
-        gen = current()
-        return None if gen is None else Path(gen).name
-    read_state = getattr(storage, "_read_state", None)
-    if read_state is not None:
-        from gl_retrieval.errors import IndexNotFoundError
-
-        try:
-            return str(read_state(documents=False)[0])
-        except IndexNotFoundError:
-            return None
-    m = storage.read_manifest()  # another backend: the manifest's timestamp stands in
-    return m.updated_at
-
-
-def _handle_generation(handle: IndexHandle) -> str | None:
-    if "dir" in handle.extras:
-        return Path(handle.extras["dir"]).name
-    from gl_retrieval.storage.postgres.sql import GENERATION
-
-    if GENERATION in handle.extras:
-        return str(handle.extras[GENERATION])
-    return None if handle.manifest is None else handle.manifest.updated_at

@@ -332,15 +332,14 @@ def test_no_positive_is_ever_mined_as_a_negative(env: dict[str, Any]) -> None:
     from gl_retrieval.train.mining import MiningOptions, mine_hard_negatives
 
     pipe = RetrievalPipeline(load_config(env["cfg"]))
-    handle = pipe._load_handle()
-    corpus = load_corpus(handle)
+    stages = pipe.stages()
+    corpus = load_corpus(stages.handle)
     data = load_training_data(env["data"], corpus)
     # No window, no margin, many negatives: only the positive exclusion stands in the way.
     mined, stats = mine_hard_negatives(
         data,
-        handle=handle,
+        stages=stages,
         corpus=corpus,
-        retriever=pipe.config.retriever,
         embedder=pipe.embedder,
         chunk_vectors=None,
         options=MiningOptions(count=10, skip=0, depth=30, relative_margin=None),
@@ -368,8 +367,7 @@ def test_dev_metrics_equal_the_pipelines_own_retrieval_scored_by_the_eval_code(
     cfg = load_config(env["cfg"])
     cfg = cfg.model_copy(update={"retriever": cfg.retriever.model_copy(update={"mode": mode})})
     pipe = RetrievalPipeline(cfg)
-    handle = pipe._load_handle()
-    corpus = load_corpus(handle, lexical=True)
+    corpus = load_corpus(pipe.stages().handle, lexical=True)
     data = load_training_data(env["data"], corpus)
     qv = np.asarray(pipe.embedder.embed_queries(list(data.queries.values())), np.float32)
     cv = np.asarray(pipe.embedder.embed_documents(corpus.texts), np.float32)

@@ -144,49 +144,41 @@ def dense(small_config: dict[str, Any], minilm_embedder: Any) -> RetrievalPipeli
 
 
 @pytest.mark.parametrize("filters", [None, {"topic": "storage"}, ["year>=2021"]])
-def test_direct_dense_search_equals_the_llamaindex_retriever(
+def test_the_dense_first_stage_equals_the_llamaindex_retriever(
     dense: RetrievalPipeline, filters: Any
 ) -> None:
-    """serve's first stage (``direct=True``) gives the retriever's hits, in order, with the
-    same scores and nodes, filters included."""
-    from gl_retrieval.retrieval.retrievers import dense_search
+    """The one dense first stage (the storage's vector search) gives LlamaIndex's own
+    ``VectorIndexRetriever`` hits, in order, with the same scores and nodes, filters included."""
+    from llama_index.core.schema import QueryBundle
 
+    from gl_retrieval.retrieval.filters import parse_filters
+
+    stages = dense.stages()
     vecs = dense.embedder.embed_queries(QUERIES)
     for q, v in zip(QUERIES, vecs, strict=True):
-        assert dense_search(dense._load_handle(), v, top_k=4, filters=filters)  # no fallback
-        stock = dense.retrieve_candidates(q, embedding=v, filters=filters, top_k=4)
-        direct = dense.retrieve_candidates(q, embedding=v, filters=filters, top_k=4, direct=True)
-        assert [h.to_dict() for h in direct] == [h.to_dict() for h in stock]
-        assert [h.score for h in direct] == [h.score for h in stock]
+        ours = dense.retrieve_candidates(q, embedding=v, filters=filters, top_k=4)
+        stock = stages.handle.index.as_retriever(
+            similarity_top_k=4, filters=parse_filters(filters)
+        ).retrieve(QueryBundle(query_str=q, embedding=v.tolist()))
+        assert ours
+        assert [(h.node.node_id, h.node.get_content()) for h in ours] == [
+            (h.node.node_id, h.node.get_content()) for h in stock
+        ]
+        assert [h.score for h in ours] == [h.score for h in stock]
 
 
-def test_direct_search_shares_nodes_and_the_stock_path_does_not(
+def test_shared_nodes_are_shared_and_the_default_nodes_are_not(
     dense: RetrievalPipeline,
 ) -> None:
-    v = dense.embedder.embed_queries(QUERIES[:1])[0]
-    a = dense.retrieve_candidates(QUERIES[0], embedding=v, direct=True)
-    b = dense.retrieve_candidates(QUERIES[0], embedding=v, direct=True)
-    assert a[0].node is b[0].node  # decoded once, read-only
-    c = dense.retrieve_candidates(QUERIES[0], embedding=v)
-    d = dense.retrieve_candidates(QUERIES[0], embedding=v)
-    assert c[0].node is not d[0].node  # fresh objects: callers may modify them
+    """serve asks for shared nodes (decoded once, read-only); every other caller gets nodes
+    of its own, which it may modify."""
+    v = dense.embedder.embed_queries(QUERIES[:1])
+    req = dense.request(QUERIES[:1])
+    shared = dense.stages(shared_nodes=True)
+    a, b = shared.candidates(req, v)[0], shared.candidates(req, v)[0]
+    assert a[0].node is b[0].node
+    c = dense.retrieve_candidates(QUERIES[0], embedding=v[0])
+    d = dense.retrieve_candidates(QUERIES[0], embedding=v[0])
+    assert c[0].node is not d[0].node
     c[0].node.metadata["touched"] = True
-    assert (
-        "touched"
-        not in dense.retrieve_candidates(QUERIES[0], embedding=v, direct=True)[0].node.metadata
-    )
-
-
-def test_direct_search_falls_back_where_it_would_differ(
-    dense: RetrievalPipeline, monkeypatch: Any
-) -> None:
-    """A result holding a non-text node goes through LlamaIndex's retriever (its docstore
-    lookup and recursive retrieval), so ``direct`` never changes what comes back."""
-    from gl_retrieval.retrieval import retrievers
-
-    monkeypatch.setattr(retrievers, "ObjectType", type("O", (), {"TEXT": object()}))
-    v = dense.embedder.embed_queries(QUERIES[:1])[0]
-    assert retrievers.dense_search(dense._load_handle(), v, top_k=3) is None
-    direct = dense.retrieve_candidates(QUERIES[0], embedding=v, top_k=3, direct=True)
-    stock = dense.retrieve_candidates(QUERIES[0], embedding=v, top_k=3)
-    assert [h.to_dict() for h in direct] == [h.to_dict() for h in stock]
+    assert "touched" not in shared.candidates(req, v)[0][0].node.metadata

@@ -16,9 +16,8 @@ from gl_retrieval import ConfigError, RetrievalPipeline
 from gl_retrieval.config import RetrieverConfig
 from gl_retrieval.retrieval.lexical import LexicalIndex, analyze, iter_chunks
 from gl_retrieval.retrieval.retrievers import (
-    BM25Retriever,
-    HybridRetriever,
     convex_fuse,
+    fuse_hits,
     normalize_scores,
     rrf_fuse,
 )
@@ -87,9 +86,23 @@ def test_convex_rejects_alpha_outside_unit_interval() -> None:
 
 
 def test_hybrid_fuse_cuts_to_top_k() -> None:
-    fake: Any = SimpleNamespace()
-    retriever = HybridRetriever(fake, fake, top_k=2, fusion="rrf", rrf_k=60)
-    assert [i for i, _ in retriever.fuse([("a", 1.0), ("b", 0.5)], [("c", 2.0)])] == ["a", "c"]
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    dense = [
+        NodeWithScore(node=TextNode(id_=i, text=i), score=s) for i, s in [("a", 1.0), ("b", 0.5)]
+    ]
+    c = TextNode(id_="c", text="c")
+    handle: Any = SimpleNamespace()
+    cfg = RetrieverConfig(mode="hybrid", fusion="rrf", rrf_k=60)
+    import gl_retrieval.retrieval.retrievers as retrievers
+
+    orig = retrievers.iter_chunks
+    retrievers.iter_chunks = lambda _h, ids: [c for _ in ids]  # type: ignore[assignment]
+    try:
+        fused = fuse_hits(handle, cfg, dense, [("c", 2.0)], top_k=2)
+    finally:
+        retrievers.iter_chunks = orig  # type: ignore[assignment]
+    assert [h.node.node_id for h in fused] == ["a", "c"]
 
 
 def test_retriever_config_defaults_and_validation() -> None:
@@ -180,13 +193,12 @@ def test_lexical_modes_find_the_keyword_document(
     assert len({h.node.node_id for h in hits}) == len(hits)
 
 
-def test_hybrid_retriever_is_built_from_both_sides(small_config: dict[str, Any]) -> None:
+def test_each_mode_names_its_score_kind(small_config: dict[str, Any]) -> None:
     pipe = RetrievalPipeline.from_config(_cfg(small_config, "hybrid"))
     pipe.index()
-    first = pipe.as_retriever().first_stage
-    assert isinstance(first, HybridRetriever)
-    bm25 = RetrievalPipeline.from_config(_cfg(small_config, "bm25")).as_retriever().first_stage
-    assert isinstance(bm25, BM25Retriever)
+    assert {h.retrieval_kind for h in pipe.retrieve("inverse document frequency")} == {"hybrid"}
+    bm25 = RetrievalPipeline.from_config(_cfg(small_config, "bm25"))
+    assert {h.score_kind for h in bm25.retrieve("inverse document frequency")} == {"bm25"}
 
 
 def _gen(small_config: dict[str, Any]) -> Path:

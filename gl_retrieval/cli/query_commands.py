@@ -47,14 +47,11 @@ def query(
     as_json: JsonOpt = False,
 ) -> None:
     """Retrieve (and rerank) the best chunks for a query."""
-    from gl_retrieval.retrieval.filters import parse_filters
-    from gl_retrieval.retrieval.queries import check_query
-
-    check_query(text)  # a bad query or filter fails before any model loads
-    parsed = parse_filters(filters or None)
     pipe = open_pipeline(checked_config(config))
+    # Checked once, before any model loads: a bad query, depth or filter fails here.
+    request = pipe.request([text], filters=filters or None, top_k=top_k, top_n=top_n)
     with library_warnings():
-        results = pipe.retrieve(text, top_k=top_k, top_n=top_n, filters=parsed)
+        (results,) = pipe.run(request)
     if as_json:
         payload: dict[str, Any] = {"query": text}
         if filters:

@@ -167,11 +167,8 @@ def evaluate_pipeline(
         ConfigError: the split does not exist, a mode is unknown, or the configured storage
             holds documents that are not in this corpus (evaluate on a dedicated index).
     """
-    from llama_index.core.schema import QueryBundle
-
     from gl_retrieval.ingest.sources import Skipped, read_jsonl
-    from gl_retrieval.retrieval.results import RankedNode
-    from gl_retrieval.retrieval.retrievers import build_first_stage
+    from gl_retrieval.retrieval.flow import SearchRequest
 
     say = progress or (lambda _msg: None)
     pipe = _pipeline(pipeline_or_config)
@@ -195,7 +192,6 @@ def evaluate_pipeline(
     _check_dedicated(pipe, docs, rebuild=rebuild, corpus=ds.corpus_path)
     summary = pipe.index_documents(docs, rebuild=rebuild, show_progress=show_progress)
     say(f"index: {summary.line()}")
-    handle = pipe._load_handle()
 
     qids = list(ds.queries)
     texts = [ds.queries[q] for q in qids]
@@ -211,22 +207,20 @@ def evaluate_pipeline(
 
     results: list[RunResult] = []
     for name, rcfg in runs_spec:
-        first = build_first_stage(handle, rcfg, top_k=k)
+        # The library's own two stages (retrieval.flow), over the same index for each mode.
+        stages = pipe.stages(retriever=rcfg)
         run: dict[str, list[str]] = {}
         reranked: dict[str, list[str]] = {}
         t_mode = time.perf_counter()
         for i, (qid, text) in enumerate(zip(qids, texts, strict=True)):
-            bundle = QueryBundle(
-                query_str=text, embedding=None if vectors is None else vectors[i].tolist()
-            )
-            hits = first.retrieve(bundle)
+            req = SearchRequest(queries=(text,), filters=None, top_k=k, top_n=k)
+            (hits,) = stages.candidates(req, None if vectors is None else [vectors[i]])
             run[qid] = doc_level_ranking(
                 (h.node.ref_doc_id or h.node.node_id, h.score) for h in hits
             )
             if reranker is not None:
-                ranked = reranker.rerank(
-                    [RankedNode.from_retrieved(h) for h in hits], text, top_n=len(hits) or None
-                )
+                scores = reranker.score_pairs(stages.pairs(req, [hits]))
+                (ranked,) = stages.results(req, [hits], scores)
                 reranked[qid] = doc_level_ranking(
                     (h.doc_id or h.node.node_id, h.score) for h in ranked
                 )
@@ -234,7 +228,7 @@ def evaluate_pipeline(
                 say(f"{name}: {i + 1}/{len(qids)} queries")
         say(f"{name}: {len(qids)} queries in {time.perf_counter() - t_mode:.1f}s")
         lat_first, lat_full = _time_single_queries(
-            first, reranker, texts[: max(1, latency_queries)], k=k
+            stages, pipe.embedder.embed_queries, texts[: max(1, latency_queries)], k=k
         )
         stages = [("retrieval", run, lat_first)]
         if reranker is not None:
@@ -278,8 +272,7 @@ def _check_dedicated(pipe: Any, docs: Sequence[Any], *, rebuild: bool, corpus: P
     """Refuse to add a dataset to an index that holds other documents (an app's index)."""
     if rebuild or not pipe.storage.exists():
         return
-    read = getattr(pipe.storage, "read_documents", None)
-    stored = read() if read is not None else pipe._load_handle().documents
+    stored = pipe.storage.read_documents()
     extra = sorted(set(stored) - {d.doc_id for d in docs})
     if extra:
         raise ConfigError(
@@ -291,18 +284,23 @@ def _check_dedicated(pipe: Any, docs: Sequence[Any], *, rebuild: bool, corpus: P
 
 
 def _time_single_queries(
-    first: Any, reranker: Any, texts: Sequence[str], *, k: int
+    stages: Any, embed: Any, texts: Sequence[str], *, k: int
 ) -> tuple[list[float], list[float]]:
-    from gl_retrieval.retrieval.results import RankedNode
+    """Milliseconds of the first stage (embedding the query included) and of both stages, one
+    query at a time, as an app's single request runs them."""
+    from gl_retrieval.retrieval.flow import SearchRequest
 
     first_ms: list[float] = []
     full_ms: list[float] = []
     for text in texts:
+        req = SearchRequest(queries=(text,), filters=None, top_k=k, top_n=k)
         t0 = time.perf_counter()
-        hits = first.retrieve(text)
+        vectors = embed([text]) if stages.needs_vectors else None
+        candidates = stages.candidates(req, vectors)
         t1 = time.perf_counter()
-        if reranker is not None:
-            reranker.rerank([RankedNode.from_retrieved(h) for h in hits], text, top_n=k)
+        if stages.reranker is not None:
+            scores = stages.reranker.score_pairs(stages.pairs(req, candidates))
+            stages.results(req, candidates, scores)
         t2 = time.perf_counter()
         first_ms.append((t1 - t0) * 1000)
         full_ms.append((t2 - t0) * 1000)

@@ -32,7 +32,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from gl_retrieval._deps import require
 from gl_retrieval.config import RerankerConfig
-from gl_retrieval.errors import ModelLoadError
+from gl_retrieval.errors import ModelLoadError, QueryError
 from gl_retrieval.models import (
     STAND_IN_RERANKER,
     apply_quiet,
@@ -43,12 +43,69 @@ from gl_retrieval.models import (
 from gl_retrieval.models.devices import resolve_device
 from gl_retrieval.retrieval.results import RankedNode
 
-__all__ = ["CrossEncoderReranker", "Scorer", "build_reranker"]
+__all__ = ["CrossEncoderReranker", "PairScorer", "Scorer", "build_reranker"]
 
 log = logging.getLogger("gl_retrieval")
 
 #: ``(query, passages) -> scores``: what a reranker needs from a model (tests inject fakes).
 Scorer = Callable[[str, Sequence[str]], Sequence[float]]
+
+
+class PairScorer:
+    """What the reranker asks of a model, declared: scores for ``(query, passage)`` pairs of
+    any number of queries in one call, and the tokens each pair takes.
+
+    The cross-encoder loaders build one with the model's own batch scoring and tokenizer;
+    :meth:`from_function` wraps any ``(query, passages) -> scores`` function (a fake in tests,
+    a scoring service), grouping pairs by query and estimating four characters a token.
+
+    Example:
+        >>> s = PairScorer.from_function(lambda q, ps: [float(len(p)) for p in ps])
+        >>> s.predict_pairs([("q", "ab"), ("r", "abc")]), s("q", ["a"])
+        ([2.0, 3.0], [1.0])
+    """
+
+    def __init__(
+        self,
+        predict_pairs: Callable[[list[tuple[str, str]]], Sequence[float]],
+        count_tokens: Callable[[Sequence[tuple[str, str]]], list[int]] | None = None,
+        *,
+        max_length: int | None = None,
+    ) -> None:
+        self._predict = predict_pairs
+        self._count = count_tokens
+        self._cap = max_length or 10**9
+
+    @classmethod
+    def from_function(cls, fn: Scorer, *, max_length: int | None = None) -> PairScorer:
+        """Wrap a one-query-at-a-time ``(query, passages) -> scores`` function."""
+
+        def predict(pairs: list[tuple[str, str]]) -> list[float]:
+            out: list[float] = [0.0] * len(pairs)
+            groups: dict[str, list[int]] = {}
+            for i, (q, _) in enumerate(pairs):
+                groups.setdefault(q, []).append(i)
+            for q, idx in groups.items():
+                scores = list(fn(q, [pairs[i][1] for i in idx]))
+                for i, s in zip(idx, scores, strict=True):
+                    out[i] = float(s)
+            return out
+
+        return cls(predict, max_length=max_length)
+
+    def __call__(self, query: str, passages: Sequence[str]) -> list[float]:
+        return self.predict_pairs([(query, p) for p in passages])
+
+    def predict_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Scores of ``pairs``, in their order."""
+        return [float(s) for s in self._predict(list(pairs))] if pairs else []
+
+    def count_tokens(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """Tokens each pair takes in the model (capped at ``max_length``); an estimate of four
+        characters a token when there is no tokenizer."""
+        if self._count is None or not pairs:
+            return [min(self._cap, (len(q) + len(p)) // 4 + 3) for q, p in pairs]
+        return self._count(pairs)
 
 
 class CrossEncoderReranker(BaseNodePostprocessor):
@@ -69,14 +126,19 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     quantization: str = "auto"
     threads: int | None = None
 
-    _scorer: Scorer | None = PrivateAttr(default=None)
+    _scorer: PairScorer | None = PrivateAttr(default=None)
     _stand_in: bool | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, *, scorer: Scorer | None = None, **data: Any) -> None:
         super().__init__(**data)
-        self._scorer = scorer
+        self._scorer = None
         if scorer is not None:
+            self._scorer = (
+                scorer
+                if isinstance(scorer, PairScorer)
+                else PairScorer.from_function(scorer, max_length=self.max_length)
+            )
             self._stand_in = False  # an injected scorer is taken at its word
 
     @classmethod
@@ -84,7 +146,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         return "GLCrossEncoderReranker"
 
     @property
-    def scorer(self) -> Scorer:
+    def scorer(self) -> PairScorer:
         """The scoring function (loads the model on first access)."""
         if self._scorer is None:
             with self._lock:
@@ -148,30 +210,12 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         With a custom ``scorer`` (which takes one query at a time) the pairs are grouped by
         query; scores come back in the order of ``pairs`` either way.
         """
-        if not pairs:
-            return []
-        scorer = self.scorer
-        predict = getattr(scorer, "predict_pairs", None)
-        if predict is not None:
-            return [float(s) for s in predict(list(pairs))]
-        out: list[float] = [0.0] * len(pairs)
-        groups: dict[str, list[int]] = {}
-        for i, (q, _) in enumerate(pairs):
-            groups.setdefault(q, []).append(i)
-        for q, idx in groups.items():
-            scores = list(scorer(q, [pairs[i][1] for i in idx]))
-            for i, s in zip(idx, scores, strict=True):
-                out[i] = float(s)
-        return out
+        return self.scorer.predict_pairs(pairs)
 
     def count_pair_tokens(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Tokens each pair takes in the model (capped at ``max_length``); an estimate of four
         characters a token when the scorer has no tokenizer (a custom ``scorer``)."""
-        cap = self.max_length or 10**9
-        counter = getattr(self.scorer, "count_tokens", None)
-        if counter is None or not pairs:
-            return [min(cap, (len(q) + len(p)) // 4 + 3) for q, p in pairs]
-        return counter(pairs)
+        return self.scorer.count_tokens(pairs)
 
     def rank(
         self,
@@ -207,15 +251,15 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
         if query_bundle is None:
-            raise ValueError("a reranker needs the query: pass query_bundle or query_str")
+            raise QueryError("a reranker needs the query: pass query_bundle or query_str")
         return list(self.rerank(nodes, query_bundle.query_str))
 
 
-_scorers: dict[tuple[Any, ...], Scorer] = {}
+_scorers: dict[tuple[Any, ...], PairScorer] = {}
 _scorers_lock = threading.Lock()
 
 
-def _shared_scorer(model: str, **settings: Any) -> Scorer:
+def _shared_scorer(model: str, **settings: Any) -> PairScorer:
     """Load a cross-encoder once per process and settings; every reranker using it shares it."""
     key = (model, *sorted(settings.items()))
     with _scorers_lock:
@@ -262,7 +306,7 @@ def _load_cross_encoder(
     max_length: int | None,
     revision: str | None,
     threads: int | None = None,
-) -> Scorer:
+) -> PairScorer:
     st = require("sentence_transformers", package="sentence-transformers")
     apply_quiet()
     if threads is not None:
@@ -304,9 +348,6 @@ def _load_cross_encoder(
         # CrossEncoder.predict sorts the pairs by length itself before batching.
         return ce.predict(pairs, batch_size=batch_size, show_progress_bar=False)
 
-    def score(query: str, passages: Sequence[str]) -> Sequence[float]:
-        return predict_pairs([(query, p) for p in passages])
-
     def count_tokens(pairs: Sequence[tuple[str, str]]) -> list[int]:
         with counting_lock:
             enc = counting(
@@ -317,10 +358,7 @@ def _load_cross_encoder(
             )
         return [len(ids) for ids in enc["input_ids"]]
 
-    # What the serve batcher uses: score many queries' pairs at once, and measure them.
-    score.predict_pairs = predict_pairs  # type: ignore[attr-defined]
-    score.count_tokens = count_tokens  # type: ignore[attr-defined]
-    return score
+    return PairScorer(predict_pairs, count_tokens, max_length=max_length)
 
 
 def _load_exported_cross_encoder(
@@ -332,7 +370,7 @@ def _load_exported_cross_encoder(
     backend: str,
     quantization: str,
     threads: int | None,
-) -> Scorer:
+) -> PairScorer:
     from gl_retrieval.models.exports import ExportSpec, ensure_export, model_file, read_meta
     from gl_retrieval.models.runtimes import FastTokenizer, load_runner, resolve_threads
 
@@ -372,17 +410,11 @@ def _load_exported_cross_encoder(
             out[idx] = logits
         return 1.0 / (1.0 + np.exp(-out)) if sigmoid else out
 
-    def score(query: str, passages: Sequence[str]) -> Sequence[float]:
-        return predict_pairs([(query, p) for p in passages])
-
     def count_tokens(pairs: Sequence[tuple[str, str]]) -> list[int]:
         encs, _ = tok.encode(list(pairs), max_length=limit)
         return [len(e.ids) for e in encs]
 
-    # What the serve batcher uses, as for the torch scorer.
-    score.predict_pairs = predict_pairs  # type: ignore[attr-defined]
-    score.count_tokens = count_tokens  # type: ignore[attr-defined]
-    return score
+    return PairScorer(predict_pairs, count_tokens, max_length=limit)
 
 
 def build_reranker(

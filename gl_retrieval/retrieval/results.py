@@ -20,6 +20,7 @@ What the scores mean (also in README "Scores" and docs/getting-started.md):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from llama_index.core.schema import NodeWithScore
@@ -106,8 +107,36 @@ class RankedNode(NodeWithScore):
             return "rerank"
         return self.retrieval_kind
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RankedNode:
+        """Rebuild a result from its :meth:`to_dict` shape (what ``RemotePipeline`` reads):
+        every field that shape carries comes back equal.
+
+        Example:
+            >>> hit = RankedNode.from_dict({"id": "n1", "doc_id": "d1", "text": "BM25 ...",
+            ...     "score": 0.5, "retrieval_score": 0.5, "retrieval_kind": "cosine"})
+            >>> again = RankedNode.from_dict(hit.to_dict())
+            >>> hit.doc_id, hit.score_kind, again.to_dict() == hit.to_dict()
+            ('d1', 'cosine', True)
+        """
+        from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
+
+        node = TextNode(
+            id_=data["id"], text=data["text"], metadata=dict(data.get("metadata") or {})
+        )
+        if data.get("doc_id") is not None:
+            node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=data["doc_id"])
+        return cls(
+            node=node,
+            score=data["score"],
+            retrieval_score=data.get("retrieval_score"),
+            rerank_score=data.get("rerank_score"),
+            retrieval_kind=data.get("retrieval_kind"),
+            rerank_stand_in=bool(data.get("rerank_stand_in", False)),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape the CLI prints for one result."""
+        """The JSON shape the CLI, ``serve`` and ``RemotePipeline`` use for one result."""
         return {
             "id": self.node.node_id,
             "doc_id": self.doc_id,

@@ -1,4 +1,4 @@
-"""First-stage retrievers over a loaded index, plus the two-stage retriever apps hold.
+"""The first stage over a loaded index, written once (:func:`first_stage`), and its fusions.
 
 ``mode: dense`` searches the vector store; ``bm25`` scores the chunks' words
 (:mod:`gl_retrieval.retrieval.lexical`); ``hybrid`` runs both and fuses the two lists without
@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -23,25 +22,24 @@ from typing import Any, Literal
 import numpy as np
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.schema import NodeWithScore, ObjectType, QueryBundle
+from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQuery
 
 from gl_retrieval.config import RetrieverConfig
 from gl_retrieval.errors import ConfigError
-from gl_retrieval.retrieval.filters import check_filters, matches, metadata_schema, parse_filters
+from gl_retrieval.retrieval.filters import metadata_schema
 from gl_retrieval.retrieval.lexical import chunk_metadata, iter_chunks, lexical_index
-from gl_retrieval.retrieval.rerankers import CrossEncoderReranker
-from gl_retrieval.retrieval.results import RankedNode
-from gl_retrieval.storage import IndexHandle
-from gl_retrieval.storage.embedded import EmbeddedVectorStore
+from gl_retrieval.retrieval.results import RankedNode, retrieval_kind
+from gl_retrieval.storage import IndexHandle, Storage
 
 __all__ = [
-    "BM25Retriever",
-    "HybridRetriever",
-    "TwoStageRetriever",
-    "build_first_stage",
+    "FirstStageRetriever",
+    "bm25_hits",
+    "bm25_scored",
     "convex_fuse",
-    "dense_search",
+    "dense_hits",
+    "first_stage",
+    "fuse_hits",
     "index_schema",
     "normalize_scores",
     "rrf_fuse",
@@ -156,245 +154,210 @@ def index_schema(handle: IndexHandle) -> Mapping[str, frozenset[str]]:
     return schema
 
 
-def _allowed_mask(handle: IndexHandle, node_ids: Sequence[str], filters: MetadataFilters) -> Any:
+def _allowed_mask(
+    storage: Storage, handle: IndexHandle, node_ids: Sequence[str], filters: MetadataFilters
+) -> Any:
     cache: dict[str, np.ndarray] = handle.extras.setdefault("gl_filter_masks", {})
-    key = filters.model_dump_json()
+    key = repr(filters)  # not model_dump_json(): that writes True as 1
     mask = cache.get(key)
     if mask is None:
-        meta = chunk_metadata(handle)
-        mask = np.fromiter(
-            (matches(meta.get(nid, {}), filters) for nid in node_ids),
-            dtype=bool,
-            count=len(node_ids),
-        )
+        # The storage's one filter evaluator (the one its dense search uses) decides here too,
+        # so every mode keeps the same chunks.
+        mask = storage.filter_mask(handle, filters, node_ids=node_ids)
         if len(cache) >= _MASK_CACHE_SIZE:
             cache.pop(next(iter(cache)))
         cache[key] = mask
     return mask
 
 
-class BM25Retriever(BaseRetriever):
-    """BM25 over the index's chunks; filters mask the scores before the top k is taken.
-
-    Example:
-        >>> retriever = BM25Retriever(handle, top_k=10)  # doctest: +SKIP
-        >>> retriever.retrieve("term frequency")[0].node.node_id  # doctest: +SKIP
-    """
-
-    def __init__(
-        self, handle: IndexHandle, *, top_k: int, filters: MetadataFilters | None = None
-    ) -> None:
-        super().__init__(callback_manager=CallbackManager([]))
-        if top_k <= 0:
-            raise ConfigError(f"top_k must be > 0, but got {top_k}")
-        self._handle = handle
-        self._top_k = top_k
-        self._filters = filters
-
-    @property
-    def handle(self) -> IndexHandle:
-        """The index this retriever reads."""
-        return self._handle
-
-    def scored(self, query: str) -> list[tuple[str, float]]:
-        """``(node id, BM25 score)``, best first, without loading the nodes."""
-        lexical = lexical_index(self._handle)
-        mask = None
-        if self._filters is not None:
-            mask = _allowed_mask(self._handle, lexical.node_ids, self._filters)
-        return lexical.top_k(query, k=self._top_k, mask=mask)
-
-    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = self.scored(query_bundle.query_str)
-        nodes = iter_chunks(self._handle, [nid for nid, _ in hits])
-        return [NodeWithScore(node=n, score=s) for n, (_, s) in zip(nodes, hits, strict=True)]
-
-
-class HybridRetriever(BaseRetriever):
-    """Dense and BM25 candidates (``candidate_k`` each), fused; returns the best ``top_k``.
-
-    No LLM is involved (unlike LlamaIndex's ``QueryFusionRetriever``, which by default asks one
-    to write extra queries). Pass a ``QueryBundle`` with a precomputed ``embedding`` to skip
-    embedding the query again.
-    """
-
-    def __init__(
-        self,
-        dense: BaseRetriever,
-        lexical: BM25Retriever,
-        *,
-        top_k: int,
-        fusion: Literal["rrf", "convex"] = "convex",
-        alpha: float = 0.5,
-        normalization: Normalization = "minmax",
-        rrf_k: int = 60,
-    ) -> None:
-        super().__init__(callback_manager=CallbackManager([]))
-        self._dense = dense
-        self._lexical = lexical
-        self._top_k = top_k
-        self._fusion = fusion
-        self._alpha = alpha
-        self._normalization = normalization
-        self._rrf_k = rrf_k
-
-    def fuse(self, dense: Scored, lexical: Scored) -> list[tuple[str, float]]:
-        """Fuse two ``(id, score)`` lists with this retriever's settings (top ``top_k``)."""
-        if self._fusion == "rrf":
-            fused = rrf_fuse([dense, lexical], k=self._rrf_k)
-        else:
-            fused = convex_fuse(
-                dense, lexical, alpha=self._alpha, normalization=self._normalization
-            )
-        return fused[: self._top_k]
-
-    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        dense_hits = self._dense.retrieve(query_bundle)
-        lexical_scored = self._lexical.scored(query_bundle.query_str)
-        nodes = {h.node.node_id: h.node for h in dense_hits}
-        fused = self.fuse(
-            [(h.node.node_id, float(h.score or 0.0)) for h in dense_hits], lexical_scored
-        )
-        missing = [nid for nid, _ in fused if nid not in nodes]
-        nodes.update((n.node_id, n) for n in iter_chunks(self._lexical.handle, missing))
-        return [NodeWithScore(node=nodes[nid], score=score) for nid, score in fused]
-
-
-def build_first_stage(
+def bm25_scored(
+    storage: Storage,
     handle: IndexHandle,
-    cfg: RetrieverConfig,
+    query: str,
     *,
     top_k: int,
-    filters: Any = None,
-) -> BaseRetriever:
-    """The configured first-stage retriever over ``handle`` (dense, bm25 or hybrid).
-
-    Args:
-        handle: The loaded index.
-        cfg: The retriever section of the config.
-        top_k: How many chunks to return.
-        filters: Anything :func:`gl_retrieval.retrieval.filters.parse_filters` accepts; checked
-            against the index's metadata, applied before ``top_k`` is taken in every mode.
-
-    Raises:
-        FilterError: a filter is malformed or cannot match the index's metadata by type.
-
-    Example:
-        >>> first = build_first_stage(handle, cfg.retriever, top_k=10)  # doctest: +SKIP
-    """
-    parsed = _checked_filters(handle, filters, top_k=top_k)
-    if cfg.mode == "dense":
-        return handle.index.as_retriever(similarity_top_k=top_k, filters=parsed)
-    if cfg.mode == "bm25":
-        return BM25Retriever(handle, top_k=top_k, filters=parsed)
-    if cfg.mode == "hybrid":
-        depth = max(top_k, cfg.candidate_k or max(top_k, 100))
-        return HybridRetriever(
-            handle.index.as_retriever(similarity_top_k=depth, filters=parsed),
-            BM25Retriever(handle, top_k=depth, filters=parsed),
-            top_k=top_k,
-            fusion=cfg.fusion,
-            alpha=cfg.alpha,
-            normalization=cfg.normalization,
-            rrf_k=cfg.rrf_k,
-        )
-    raise ConfigError(f"unknown retriever.mode {cfg.mode!r}; use dense, bm25 or hybrid")
+    filters: MetadataFilters | None,
+) -> list[tuple[str, float]]:
+    """``(node id, BM25 score)`` for one query, best first, filters applied before the top
+    ``top_k``; no node is loaded."""
+    lexical = lexical_index(handle)
+    mask = None if filters is None else _allowed_mask(storage, handle, lexical.node_ids, filters)
+    return lexical.top_k(query, k=top_k, mask=mask)
 
 
-def _checked_filters(handle: IndexHandle, filters: Any, *, top_k: int) -> MetadataFilters | None:
-    if top_k <= 0:
-        raise ConfigError(f"top_k must be > 0, but got {top_k}")
-    parsed = parse_filters(filters)
-    if parsed is not None:
-        check_filters(parsed, index_schema(handle))
-    return parsed
+def bm25_hits(
+    storage: Storage,
+    handle: IndexHandle,
+    query: str,
+    *,
+    top_k: int,
+    filters: MetadataFilters | None,
+) -> list[NodeWithScore]:
+    """The BM25 first stage for one query: the chunks' words, filters before the top ``top_k``."""
+    hits = bm25_scored(storage, handle, query, top_k=top_k, filters=filters)
+    nodes = iter_chunks(handle, [nid for nid, _ in hits])
+    return [NodeWithScore(node=n, score=s) for n, (_, s) in zip(nodes, hits, strict=True)]
 
 
-def dense_search(
-    handle: IndexHandle, embedding: Any, *, top_k: int, filters: Any = None
-) -> list[NodeWithScore] | None:
-    """The dense first stage for a query vector, without LlamaIndex's retriever around it.
+def dense_hits(
+    storage: Storage,
+    handle: IndexHandle,
+    embedding: Sequence[float] | np.ndarray,
+    *,
+    top_k: int,
+    filters: MetadataFilters | None,
+    shared_nodes: bool = False,
+) -> list[NodeWithScore]:
+    """The dense first stage for one query vector: the storage's vector search, top ``top_k``.
 
-    It is what ``build_first_stage(handle, cfg, ...)`` in dense mode retrieves for the same
-    vector: the same store query and the same hits in the same order. It skips the retriever's
-    instrumentation, callbacks and debug logging, about 0.6 ms a query, which ``serve``
-    spends on every request. On the embedded store the nodes are shared between calls
-    (``query(shared_nodes=True)``): read them, do not modify them. Where the result needs the
-    retriever's machinery (a store that keeps its text in the docstore, non-text nodes), it
-    returns None: use the retriever.
+    The same hits, in the same order and with the same scores, as LlamaIndex's
+    ``index.as_retriever(similarity_top_k=top_k, filters=filters)`` (a test holds that), without
+    its instrumentation (about 0.6 ms a query). With ``shared_nodes`` the embedded store hands
+    out nodes decoded once and shared between calls (``serve`` reads them and never modifies
+    them); without, each call gets nodes of its own that the caller may modify.
 
     Example:
-        >>> hits = dense_search(handle, vector, top_k=10)  # doctest: +SKIP
+        >>> hits = dense_hits(storage, handle, vector, top_k=10, filters=None)  # doctest: +SKIP
     """
-    parsed = _checked_filters(handle, filters, top_k=top_k)
     index = handle.index
-    store = index.vector_store
-    if not store.stores_text:
-        return None
     vec = embedding.tolist() if isinstance(embedding, np.ndarray) else [float(x) for x in embedding]
     query = VectorStoreQuery(
         query_embedding=vec,
         similarity_top_k=top_k,
         node_ids=list(index.index_struct.nodes_dict.values()),  # as as_retriever() passes
-        filters=parsed,
+        filters=filters,
     )
-    if isinstance(store, EmbeddedVectorStore):
-        result = store.query(query, shared_nodes=True)
-    else:
-        result = store.query(query)
-    nodes = result.nodes
-    if nodes is None or any(n.get_type() != ObjectType.TEXT for n in nodes):
-        return None
+    result = storage.search(handle, query, shared_nodes=shared_nodes)
     sims = result.similarities
     hits, seen = [], set()
-    for i, node in enumerate(nodes):
+    for i, node in enumerate(result.nodes or ()):
         if node.node_id not in seen:  # BaseRetriever drops repeated ids
             seen.add(node.node_id)
             hits.append(NodeWithScore(node=node, score=None if sims is None else sims[i]))
     return hits
 
 
-class TwoStageRetriever(BaseRetriever):
-    """Retrieve ``top_k`` candidates, then (optionally) rerank them down to ``top_n``.
+def first_stage(
+    storage: Storage,
+    handle: IndexHandle,
+    cfg: RetrieverConfig,
+    queries: Sequence[str],
+    *,
+    vectors: Sequence[Any] | None,
+    top_k: int,
+    filters: MetadataFilters | None,
+    shared_nodes: bool = False,
+) -> list[list[RankedNode]]:
+    """The configured first stage (dense, bm25 or hybrid) for each query: ``top_k`` candidates.
 
-    Returns :class:`RankedNode` objects that keep both scores. A LlamaIndex ``BaseRetriever``,
-    so it drops into any query engine.
+    The one implementation of the first stage: the library, the CLI, ``serve``, the LlamaIndex
+    retrievers and the evaluation all call it. Inputs are trusted (checked at the entry:
+    :func:`gl_retrieval.retrieval.flow.check_request`).
+
+    Args:
+        storage: The storage ``handle`` came from (its vector search).
+        handle: The loaded index.
+        cfg: The retriever settings (mode, fusion).
+        queries: The query texts.
+        vectors: One query vector per query (``embed_queries``), or None in ``bm25`` mode.
+        top_k: Candidates per query.
+        filters: Parsed filters, applied before ``top_k`` is taken in every mode.
+        shared_nodes: Nodes may be shared between calls (read-only); see :func:`dense_hits`.
+
+    Returns:
+        One list of :class:`RankedNode` per query, best first, each naming its score's kind.
+    """
+    kind = retrieval_kind(cfg.mode, fusion=cfg.fusion, normalization=cfg.normalization)
+    out: list[list[RankedNode]] = []
+    for i, query in enumerate(queries):
+        if cfg.mode == "dense":
+            hits = dense_hits(
+                storage,
+                handle,
+                vectors[i],
+                top_k=top_k,
+                filters=filters,  # type: ignore[index]
+                shared_nodes=shared_nodes,
+            )
+        elif cfg.mode == "bm25":
+            hits = bm25_hits(storage, handle, query, top_k=top_k, filters=filters)
+        else:
+            depth = max(top_k, cfg.candidate_k or max(top_k, 100))
+            dense = dense_hits(
+                storage,
+                handle,
+                vectors[i],
+                top_k=depth,
+                filters=filters,  # type: ignore[index]
+                shared_nodes=shared_nodes,
+            )
+            lexical = bm25_scored(storage, handle, query, top_k=depth, filters=filters)
+            hits = fuse_hits(handle, cfg, dense, lexical, top_k=top_k)
+        out.append([RankedNode.from_retrieved(h, kind=kind) for h in hits])
+    return out
+
+
+def fuse_hits(
+    handle: IndexHandle,
+    cfg: RetrieverConfig,
+    dense: Sequence[NodeWithScore],
+    lexical: Scored,
+    *,
+    top_k: int,
+) -> list[NodeWithScore]:
+    """Hybrid fusion of dense hits and BM25 ``(id, score)`` pairs as ``cfg`` says, top ``top_k``."""
+    nodes = {h.node.node_id: h.node for h in dense}
+    scored = [(h.node.node_id, float(h.score or 0.0)) for h in dense]
+    if cfg.fusion == "rrf":
+        fused = rrf_fuse([scored, lexical], k=cfg.rrf_k)
+    else:
+        fused = convex_fuse(scored, lexical, alpha=cfg.alpha, normalization=cfg.normalization)
+    fused = fused[:top_k]
+    missing = [nid for nid, _ in fused if nid not in nodes]
+    nodes.update((n.node_id, n) for n in iter_chunks(handle, missing))
+    return [NodeWithScore(node=nodes[nid], score=score) for nid, score in fused]
+
+
+class FirstStageRetriever(BaseRetriever):
+    """The configured first stage as a LlamaIndex ``BaseRetriever`` (one query a call).
+
+    Pass a ``QueryBundle`` with an ``embedding`` to skip embedding the query again.
+
+    Example:
+        >>> first = pipe.first_stage_retriever(top_k=10)  # doctest: +SKIP
+        >>> first.retrieve("term frequency")[0].retrieval_kind  # doctest: +SKIP
+        'cosine'
     """
 
     def __init__(
         self,
-        first_stage: BaseRetriever,
+        storage: Storage,
+        handle: IndexHandle,
+        cfg: RetrieverConfig,
         *,
-        reranker: CrossEncoderReranker | None = None,
-        top_n: int | None = None,
-        retrieval_kind: str | None = None,
+        embed_query: Any,
+        top_k: int,
+        filters: MetadataFilters | None = None,
     ) -> None:
         super().__init__(callback_manager=CallbackManager([]))
-        self._first = first_stage
-        self._reranker = reranker
-        self._top_n = top_n
-        self._kind = retrieval_kind
-
-    @property
-    def reranker(self) -> CrossEncoderReranker | None:
-        """The second stage, or None."""
-        return self._reranker
-
-    @property
-    def first_stage(self) -> BaseRetriever:
-        """The first-stage retriever (dense, bm25 or hybrid)."""
-        return self._first
+        self._args = (storage, handle, cfg)
+        self._embed_query = embed_query
+        self._top_k = top_k
+        self._filters = filters
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits: list[Any] = [
-            RankedNode.from_retrieved(h, kind=self._kind)
-            for h in self._first.retrieve(query_bundle)
-        ]
-        if self._reranker is not None:
-            return list(self._reranker.rerank(hits, query_bundle.query_str, top_n=self._top_n))
-        return hits[: self._top_n] if self._top_n is not None else hits
-
-    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        # Embedding, search and rerank are CPU/GPU work: run them in a worker thread, so the
-        # event loop stays free and gathered queries overlap.
-        return await asyncio.to_thread(self._retrieve, query_bundle)
+        storage, handle, cfg = self._args
+        vectors = None
+        if cfg.mode != "bm25":
+            vec = query_bundle.embedding
+            vectors = [vec if vec is not None else self._embed_query(query_bundle.query_str)]
+        (hits,) = first_stage(
+            storage,
+            handle,
+            cfg,
+            [query_bundle.query_str],
+            vectors=vectors,
+            top_k=self._top_k,
+            filters=self._filters,
+        )
+        return list(hits)

@@ -19,7 +19,7 @@ from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.schema import NodeRelationship, QueryBundle, RelatedNodeInfo, TextNode
+from llama_index.core.schema import QueryBundle
 
 from gl_retrieval._deps import require
 from gl_retrieval.errors import GLRetrievalError
@@ -40,15 +40,7 @@ class RemoteError(GLRetrievalError):
 
 
 def _node(d: Mapping[str, Any]) -> RankedNode:
-    node = TextNode(id_=d["id"], text=d["text"], metadata=dict(d.get("metadata") or {}))
-    if d.get("doc_id") is not None:
-        node.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=d["doc_id"])
-    return RankedNode(
-        node=node,
-        score=d["score"],
-        retrieval_score=d.get("retrieval_score"),
-        rerank_score=d.get("rerank_score"),
-    )
+    return RankedNode.from_dict(d)
 
 
 def _filters_json(filters: Any) -> Any:

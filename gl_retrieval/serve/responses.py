@@ -25,6 +25,7 @@ from gl_retrieval.errors import (
     IndexNotFoundError,
     LLMNotConfiguredError,
     OllamaError,
+    QueryError,
 )
 from gl_retrieval.serve.batching import Overloaded
 from gl_retrieval.serve.service import JobRunning
@@ -70,7 +71,7 @@ def status_of(e: BaseException) -> tuple[int, str, dict[str, str] | None]:
         return 409, "conflict", None
     if isinstance(e, LLMNotConfiguredError):
         return 400, "llm_not_configured", None
-    if isinstance(e, (FilterError, ValueError)):
+    if isinstance(e, (FilterError, QueryError, ValueError)):
         return 422, "invalid_request", None
     if isinstance(e, (IndexNotFoundError, IndexMismatchError)):
         return 503, "not_ready", {"Retry-After": "5"}

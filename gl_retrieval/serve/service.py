@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from gl_retrieval.config import PipelineConfig, ServeConfig
+from gl_retrieval.config import HuggingFaceEmbedderConfig, PipelineConfig, ServeConfig
 from gl_retrieval.errors import GLRetrievalError, IndexNotFoundError
 from gl_retrieval.pipeline import RetrievalPipeline
-from gl_retrieval.retrieval.filters import parse_filters
+from gl_retrieval.retrieval.flow import SearchRequest, TwoStage
 from gl_retrieval.retrieval.results import RankedNode
 from gl_retrieval.serve.admission import Admission
 from gl_retrieval.serve.batching import MicroBatcher, Overloaded, split_by_length
@@ -72,9 +72,7 @@ def embed_workers_for(config: PipelineConfig, *, cores: int | None = None) -> in
     from gl_retrieval.models.runtimes import cpu_count
 
     emb = config.embedder
-    unpadded = (
-        emb.provider == "huggingface" and emb.backend == "torch" and getattr(emb, "unpad", False)
-    )
+    unpadded = isinstance(emb, HuggingFaceEmbedderConfig) and emb.backend == "torch" and emb.unpad
     cores = cpu_count() if cores is None else cores
     return 2 if unpadded and config.reranker is None and cores >= 2 else 1
 
@@ -198,7 +196,7 @@ class RetrievalService:
             workers = embed_workers_for(self.pipe.config.model_copy(update={"serve": cfg}))
         else:
             workers = int(cfg.embed_workers)
-        if workers > 1 and not getattr(self.pipe.embedder, "unpadded", False):
+        if workers > 1 and not self.pipe.embedder.unpadded:
             log.warning(
                 "serve.embed_workers %d needs an unpadded torch embedder (a BERT-family model "
                 "with embedder.unpad); running 1",
@@ -283,7 +281,7 @@ class RetrievalService:
             return emb.embed_queries(list(texts))
         if kind == "document":
             return emb.embed_documents(list(texts))
-        return emb._encode(list(texts), show_progress=False)  # TEI: as given, no prefix
+        return emb.embed_raw(list(texts))  # TEI: as given, no prefix
 
     def _encode_grouped(self, kind: EmbedKind, texts: list[str]) -> np.ndarray:
         """:meth:`_encode`, in calls of similar-length texts (see :func:`split_by_length`).
@@ -291,7 +289,7 @@ class RetrievalService:
         An embedder that skips padding (``unpadded``) takes the whole batch in one call: there
         is no padding for a split to save."""
         emb = self.pipe.embedder
-        if len(texts) <= 2 or getattr(emb, "unpadded", False):
+        if len(texts) <= 2 or emb.unpadded:
             return self._encode(kind, texts)
         counts = emb.count_tokens(texts)
         if counts is None:
@@ -308,37 +306,26 @@ class RetrievalService:
         return out  # type: ignore[return-value]
 
     def _embed_batch(self, payloads: list[tuple[Any, ...]]) -> list[Any]:
-        """One batch of embed payloads: ``(kind, texts)``, or ``("search", queries, filters,
-        top_k)``, whose queries are embedded with the other queries and then searched here, in
-        the model worker (see :meth:`retrieve_many`)."""
+        """One batch of embed payloads: ``(kind, texts)``, or ``("search", stages, request)``,
+        whose queries are embedded with the other queries and then searched here, in the model
+        worker (see :meth:`retrieve_many`)."""
         out: list[Any] = [None] * len(payloads)
+        texts_of = [p[2].queries if p[0] == "search" else p[1] for p in payloads]
         kinds = ["query" if p[0] == "search" else p[0] for p in payloads]
         for kind in dict.fromkeys(kinds):
             idx = [i for i, k in enumerate(kinds) if k == kind]
-            texts = [t for i in idx for t in payloads[i][1]]
+            texts = [t for i in idx for t in texts_of[i]]
             vecs = self._encode_grouped(kind, texts)
             start = 0
             for i in idx:
-                n = len(payloads[i][1])
+                n = len(texts_of[i])
                 out[i] = vecs[start : start + n]
                 start += n
         for i, p in enumerate(payloads):
             if p[0] == "search":
-                _, queries, filters, top_k = p
-                out[i] = [
-                    self._direct_search(q, v, filters, top_k)
-                    for q, v in zip(queries, out[i], strict=True)
-                ]
+                _, stages, request = p
+                out[i] = _first_stage(stages, request, out[i])
         return out
-
-    def _direct_search(self, query: str, vec: Any, filters: Any, top_k: int | None) -> Any:
-        """A query's dense candidates, or its error (one bad query fails only its request)."""
-        try:
-            return self.pipe.retrieve_candidates(
-                query, embedding=vec, filters=filters, top_k=top_k, direct=True
-            )
-        except Exception as e:
-            return _Failed(e)
 
     async def embed(self, kind: EmbedKind, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` (merged with other requests' texts when batching is on)."""
@@ -374,26 +361,6 @@ class RetrievalService:
 
     # -- retrieval -------------------------------------------------------------------------------
 
-    def _first_stage(
-        self, query: str, vec: Any, filters: Any, top_k: int | None
-    ) -> tuple[list[RankedNode], list[tuple[str, str]], int]:
-        cands = self.pipe.retrieve_candidates(
-            query, embedding=vec, filters=filters, top_k=top_k, direct=True
-        )
-        return self._pairs_for(query, cands)
-
-    def _pairs_for(
-        self, query: str, cands: list[RankedNode]
-    ) -> tuple[list[RankedNode], list[tuple[str, str]], int]:
-        """The candidates with their rerank pairs and the pairs' tokens (none without a
-        reranker)."""
-        reranker = self.pipe.reranker
-        if reranker is None:
-            return cands, [], 0
-        pairs = [(query, p) for p in reranker.passages(cands)]
-        tokens = sum(reranker.count_pair_tokens(pairs)) if self._rerank is not None else 0
-        return cands, pairs, tokens
-
     async def retrieve_many(
         self,
         queries: Sequence[str],
@@ -402,57 +369,44 @@ class RetrievalService:
         top_k: int | None = None,
         top_n: int | None = None,
     ) -> list[list[RankedNode]]:
-        """Retrieve and rerank each query, as ``pipe.retrieve_batch`` does, through the
-        batchers."""
+        """Retrieve and rerank each query through the two stages of
+        :mod:`gl_retrieval.retrieval.flow`, with the model calls batched across requests:
+        exactly what ``pipe.retrieve_batch`` gives in process, to float tolerance.
+
+        Raises:
+            QueryError: a query, ``top_k`` or ``top_n`` is not acceptable (checked here once,
+                as the library's entry checks it).
+            FilterError: a filter is malformed or cannot match the index (this request alone
+                fails, never its batch).
+            IndexNotFoundError: no index is loaded yet.
+        """
+        request = self.pipe.request(queries, filters=filters, top_k=top_k, top_n=top_n)
         if not self.ready:
             self._try_refresh()
             if not self.ready:
                 raise IndexNotFoundError(self.last_reload_error or "no index is loaded yet")
-        parsed = parse_filters(filters)
-        if top_n is not None and top_n <= 0:
-            raise ValueError(f"top_n must be > 0, but got {top_n}")
-        for q in queries:
-            if not isinstance(q, str) or not q.strip():
-                raise ValueError(f"query must be a non-empty string, but got {q!r}")
-        if self._embed is not None and self.pipe.config.retriever.mode == "dense":
+        if not request.queries:
+            return []
+        stages = self.pipe.stages(shared_nodes=True)  # the generation loaded now
+        if self._embed is not None and stages.retriever.mode == "dense":
             # Dense search takes well under a millisecond: it runs in the model worker right
             # after the batch's encode, so a batch's requests stay together (handed to other
             # threads, they took turns for the GIL with the next encode and split the batches).
-            found = await self._embed.submit(
-                ("search", list(queries), parsed, top_k), cost=len(queries)
-            )
-            for c in found:
-                if isinstance(c, _Failed):
-                    raise c.error
-            if self.pipe.reranker is None:
-                staged = [(c, [], 0) for c in found]
-            else:
-                staged = await asyncio.gather(
-                    *(
-                        self._run_search(self._pairs_for, q, c)
-                        for q, c in zip(queries, found, strict=True)
-                    )
-                )
+            found = await self._embed.submit(("search", stages, request), cost=len(request.queries))
+            if isinstance(found, _Failed):
+                raise found.error
+            candidates = found
         else:
-            vecs: list[Any] = [None] * len(queries)
-            if self.pipe.needs_query_embedding:
-                vecs = list(await self.embed("query", queries))
-            staged = await asyncio.gather(
-                *(
-                    self._run_search(self._first_stage, q, v, parsed, top_k)
-                    for q, v in zip(queries, vecs, strict=True)
-                )
-            )
-        if self.pipe.reranker is None:
-            return [self.pipe.rank_candidates(c, top_n=top_n) for c, _, _ in staged]
-        pairs = [p for _, ps, _ in staged for p in ps]
-        scores = await self.score_pairs(pairs, tokens=sum(t for _, _, t in staged) or None)
-        out, start = [], 0
-        for cands, ps, _ in staged:
-            s = scores[start : start + len(ps)]
-            start += len(ps)
-            out.append(self.pipe.rank_candidates(cands, scores=s, top_n=top_n))
-        return out
+            vecs = None
+            if stages.needs_vectors:
+                vecs = list(await self.embed("query", request.queries))
+            candidates = await self._run_search(stages.candidates, request, vecs)
+        pairs = await self._run_search(stages.pairs, request, candidates) if stages.reranker else []
+        scores = None
+        if stages.reranker is not None:
+            tokens = sum(stages.reranker.count_pair_tokens(pairs)) if self._rerank else None
+            scores = await self.score_pairs(pairs, tokens=tokens or None)
+        return stages.results(request, candidates, scores)
 
     # -- index jobs ------------------------------------------------------------------------------
 
@@ -487,3 +441,12 @@ class RetrievalService:
 
     def job(self, job_id: str) -> IndexJob | None:
         return self._jobs.get(job_id)
+
+
+def _first_stage(stages: TwoStage, request: SearchRequest, vectors: Any) -> Any:
+    """A request's candidates, or its error: one bad request fails only itself, never the
+    other requests of its batch."""
+    try:
+        return stages.candidates(request, vectors)
+    except Exception as e:
+        return _Failed(e)

@@ -9,7 +9,7 @@ similarity to the query is above ``(1 - relative_margin)`` times the positive's.
 ``count`` survivors become the pair's negatives.
 
 Example:
-    >>> mined, stats = mine_hard_negatives(train, handle=h, corpus=c, retriever=cfg.retriever,
+    >>> mined, stats = mine_hard_negatives(train, stages=pipe.stages(), corpus=c,
     ...                                    embedder=emb, chunk_vectors=v, count=1)  # doctest: +SKIP
 """
 
@@ -77,9 +77,8 @@ class MiningStats:
 def mine_hard_negatives(
     data: TrainingData,
     *,
-    handle: Any,
+    stages: Any,
     corpus: Corpus,
-    retriever: RetrieverConfig,
     embedder: Any,
     chunk_vectors: np.ndarray | None,
     options: MiningOptions = MiningOptions(),
@@ -88,17 +87,16 @@ def mine_hard_negatives(
 
     Args:
         data: Training pairs (``qrels`` says which documents are positive per query).
-        handle: The loaded index the retriever runs over.
+        stages: The pipeline's two stages (:meth:`RetrievalPipeline.stages`): their first
+            stage (the configured retriever over the loaded index) finds the candidates.
         corpus: Its chunks (for texts and documents).
-        retriever: The configured retriever section (its mode is used; hybrid by default).
         embedder: The base embedder (queries are embedded with its query prefix).
         chunk_vectors: Base-model vectors of every chunk, for the margin guard.
         options: Count, rank window and margin.
     """
-    from llama_index.core.schema import QueryBundle
+    from gl_retrieval.retrieval.flow import SearchRequest
 
-    from gl_retrieval.retrieval.retrievers import build_first_stage
-
+    retriever: RetrieverConfig = stages.retriever
     options.check()
     if options.count == 0:
         return data, MiningStats(len(data.queries), len(data), 0, 0, 0, _opts(options, retriever))
@@ -116,10 +114,10 @@ def mine_hard_negatives(
 
     window = options.skip + options.depth
     chunk_k = min(len(corpus), max(window * 3, window + 20))
-    first = build_first_stage(handle, retriever, top_k=chunk_k)
     candidates: dict[str, list[str]] = {}
     for q in qids:
-        hits = first.retrieve(QueryBundle(query_str=data.queries[q], embedding=qvec_of[q].tolist()))
+        req = SearchRequest(queries=(data.queries[q],), filters=None, top_k=chunk_k, top_n=None)
+        (hits,) = stages.candidates(req, [qvec_of[q]])
         ranking = doc_level_ranking(
             (str(h.node.ref_doc_id or h.node.node_id), h.score) for h in hits
         )

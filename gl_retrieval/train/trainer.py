@@ -194,18 +194,24 @@ def _encode(model: Any, texts: list[str], prefix: str, batch_size: int, progress
 
 
 def _cached_base_vectors(
-    embedder: Any, handle: Any, corpus: Corpus, cache_dir: str | None, say: Progress, show: bool
+    embedder: Any,
+    storage: Any,
+    handle: Any,
+    corpus: Corpus,
+    cache_dir: str | None,
+    say: Progress,
+    show: bool,
 ) -> np.ndarray:
     """The base embedder's (unit) vectors of every chunk; cached on disk when ``cache_dir``."""
     key = hashlib.sha256(
         (json.dumps(embedder.fingerprint(), sort_keys=True) + corpus.fingerprint()).encode()
     ).hexdigest()[:24]
-    stored = getattr(handle.vector_store, "vectors", None)
-    if callable(stored):  # the embedded store keeps the base model's vectors: no re-embedding
-        try:
-            vecs = np.asarray(stored(corpus.chunk_ids), np.float32)
-        except KeyError:
-            vecs = None
+    try:  # the embedded store keeps the base model's vectors: no re-embedding
+        vecs = storage.stored_vectors(handle, corpus.chunk_ids)
+    except KeyError:
+        vecs = None
+    if vecs is not None:
+        vecs = np.asarray(vecs, np.float32)
         if vecs is not None and vecs.shape[0] == len(corpus):
             say(f"base corpus vectors: {len(vecs)} read from the index")
             return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
@@ -301,7 +307,8 @@ def finetune(
 
     _seed_everything(opts.seed)
     pipe = RetrievalPipeline(cfg)
-    handle = pipe._load_handle()  # refuses a missing or mismatched index
+    stages = pipe.stages()  # loads the index: refuses a missing or mismatched one
+    handle = stages.handle
     corpus = load_corpus(handle, lexical=True)
     say(f"index: {len(corpus.doc_ids)} documents, {len(corpus)} chunks")
 
@@ -325,7 +332,7 @@ def finetune(
     base_vectors = None
     if opts.stage == "embedder" or opts.relative_margin is not None:
         base_vectors = _cached_base_vectors(
-            embedder, handle, corpus, opts.cache_dir, say, opts.show_progress
+            embedder, pipe.storage, handle, corpus, opts.cache_dir, say, opts.show_progress
         )
 
     pairs_file = run_dir / "train_pairs.jsonl"
@@ -338,9 +345,8 @@ def finetune(
             t0 = time.perf_counter()
             train_data, stats = mine_hard_negatives(
                 train_data,
-                handle=handle,
+                stages=stages,
                 corpus=corpus,
-                retriever=cfg.retriever,
                 embedder=embedder,
                 chunk_vectors=base_vectors,
                 options=opts.mining(),
