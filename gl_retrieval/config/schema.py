@@ -1,10 +1,15 @@
 """The typed config: one frozen, strict pydantic tree (read from YAML by :mod:`.loader`).
 
+Every section is a frozen model that refuses unknown keys, and ``provider`` / ``backend`` pick
+the branch of a discriminated union.
+
 Example:
-    >>> from gl_retrieval.config import PipelineConfig
-    >>> cfg = PipelineConfig.model_validate({"embedder": {"model": "BAAI/bge-base-en-v1.5"}})
-    >>> cfg.retriever.top_k, cfg.storage.backend
-    (20, 'embedded')
+    >>> from pydantic import ValidationError
+    >>> try:
+    ...     RetrieverConfig(mode="dense", top_kk=5)
+    ... except ValidationError as e:
+    ...     print(e.errors()[0]["type"], e.errors()[0]["loc"])
+    extra_forbidden ('top_kk',)
 """
 
 from __future__ import annotations

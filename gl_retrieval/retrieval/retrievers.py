@@ -268,29 +268,25 @@ def first_stage(
         One list of :class:`RankedNode` per query, best first, each naming its score's kind.
     """
     kind = retrieval_kind(cfg.mode, fusion=cfg.fusion, normalization=cfg.normalization)
+    # Hybrid fuses deeper lists than it returns: candidate_k from each side.
+    depth = top_k if cfg.mode != "hybrid" else max(top_k, cfg.candidate_k or max(top_k, 100))
     out: list[list[RankedNode]] = []
     for i, query in enumerate(queries):
-        if cfg.mode == "dense":
-            hits = dense_hits(
-                storage,
-                handle,
-                vectors[i],
-                top_k=top_k,
-                filters=filters,  # type: ignore[index]
-                shared_nodes=shared_nodes,
-            )
-        elif cfg.mode == "bm25":
-            hits = bm25_hits(storage, handle, query, top_k=top_k, filters=filters)
-        else:
-            depth = max(top_k, cfg.candidate_k or max(top_k, 100))
+        dense: list[NodeWithScore] = []
+        if cfg.mode != "bm25":
             dense = dense_hits(
                 storage,
                 handle,
-                vectors[i],
+                vectors[i],  # type: ignore[index]
                 top_k=depth,
-                filters=filters,  # type: ignore[index]
+                filters=filters,
                 shared_nodes=shared_nodes,
             )
+        if cfg.mode == "dense":
+            hits = dense
+        elif cfg.mode == "bm25":
+            hits = bm25_hits(storage, handle, query, top_k=top_k, filters=filters)
+        else:
             lexical = bm25_scored(storage, handle, query, top_k=depth, filters=filters)
             hits = fuse_hits(handle, cfg, dense, lexical, top_k=top_k)
         out.append([RankedNode.from_retrieved(h, kind=kind) for h in hits])

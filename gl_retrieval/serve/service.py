@@ -401,10 +401,12 @@ class RetrievalService:
             if stages.needs_vectors:
                 vecs = list(await self.embed("query", request.queries))
             candidates = await self._run_search(stages.candidates, request, vecs)
-        pairs = await self._run_search(stages.pairs, request, candidates) if stages.reranker else []
         scores = None
         if stages.reranker is not None:
-            tokens = sum(stages.reranker.count_pair_tokens(pairs)) if self._rerank else None
+            # Pairs and their token counts (the rerank batcher's cost) off the event loop.
+            pairs, tokens = await self._run_search(
+                _pairs_and_tokens, stages, request, candidates, self._rerank is not None
+            )
             scores = await self.score_pairs(pairs, tokens=tokens or None)
         return stages.results(request, candidates, scores)
 
@@ -450,3 +452,13 @@ def _first_stage(stages: TwoStage, request: SearchRequest, vectors: Any) -> Any:
         return stages.candidates(request, vectors)
     except Exception as e:
         return _Failed(e)
+
+
+def _pairs_and_tokens(
+    stages: TwoStage, request: SearchRequest, candidates: Any, measure: bool
+) -> tuple[list[tuple[str, str]], int]:
+    """The request's rerank pairs, and their tokens when the rerank batcher needs its cost."""
+    pairs = stages.pairs(request, candidates)
+    reranker = stages.reranker
+    tokens = sum(reranker.count_pair_tokens(pairs)) if measure and reranker and pairs else 0
+    return pairs, tokens
