@@ -29,18 +29,17 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.response.schema import Response
-from llama_index.core.callbacks import CallbackManager
 from llama_index.core.llms import LLM
+from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from gl_retrieval._progress import want_progress
+from gl_retrieval.answers.results import Answer, AnswerStream
 from gl_retrieval.config import PipelineConfig, RetrieverConfig, load_config, parse_config
 from gl_retrieval.embedders import GLEmbedding, get_embedder
 from gl_retrieval.errors import ConfigError, LLMNotConfiguredError
@@ -50,82 +49,24 @@ from gl_retrieval.retrieval.filters import check_filters
 from gl_retrieval.retrieval.flow import SearchRequest, TwoStage, TwoStageRetriever, check_request
 from gl_retrieval.retrieval.lexical import attach_lexical, check_lexical, lexical_index
 from gl_retrieval.retrieval.rerankers import CrossEncoderReranker, build_reranker
-from gl_retrieval.retrieval.results import RankedNode, format_results
+from gl_retrieval.retrieval.results import RankedNode
 from gl_retrieval.retrieval.retrievers import index_schema
 from gl_retrieval.storage import IndexHandle, Storage, check_compatible, open_storage
 from gl_retrieval.storage.manifest import chunking_differences
 
-__all__ = ["Answer", "RetrievalOnlyQueryEngine", "RetrievalPipeline"]
+if TYPE_CHECKING:
+    from llama_index.core.chat_engine.types import BaseChatEngine
+    from llama_index.core.llms import ChatMessage
+    from llama_index.core.memory import BaseMemory
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
+
+__all__ = ["Answer", "AnswerStream", "RetrievalPipeline"]
 
 log = logging.getLogger(__name__)
 
 #: What ``filters=`` accepts: ``MetadataFilters``, strings like ``"ticker=PENDLE"`` or a mapping
 #: (see :func:`gl_retrieval.retrieval.filters.parse_filters`).
 FiltersArg = MetadataFilters | Mapping[str, Any] | Sequence[str] | str | None
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An LLM's answer and the sources it was written from."""
-
-    question: str
-    answer: str
-    sources: list[RankedNode]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The `ask --json` shape."""
-        return {
-            "question": self.question,
-            "answer": self.answer,
-            "sources": [
-                {k: v for k, v in s.to_dict().items() if k in ("id", "doc_id", "text", "score")}
-                for s in self.sources
-            ],
-        }
-
-
-class RetrievalOnlyQueryEngine(BaseQueryEngine):
-    """A query engine over the two-stage retriever; it calls an LLM only when given one.
-
-    Without ``llm``, ``response.source_nodes`` holds the results and ``response.response``
-    lists them, best first, with their scores (so ``print(response)`` shows the sources, not
-    ``None``); ``response.metadata["retrieval_only"]`` is True. With one, the response is its
-    answer written from those results.
-
-    Example:
-        >>> response = pipe.as_query_engine(top_n=3).query("what is BM25?")  # doctest: +SKIP
-        >>> print(response)  # doctest: +SKIP
-        Retrieval only (the config has no llm section): 3 sources, best first.
-         1. cosine 0.6120  bm25-note  BM25 ranks documents by term frequency ...
-    """
-
-    def __init__(self, retriever: TwoStageRetriever, *, llm: LLM | None = None) -> None:
-        super().__init__(callback_manager=CallbackManager([]))
-        self._retriever = retriever
-        self._llm = llm
-
-    def _query(self, query_bundle: QueryBundle) -> Response:
-        nodes = self._retriever.retrieve(query_bundle)
-        if self._llm is None:
-            head = (
-                "Retrieval only (the config has no llm section): "
-                f"{len(nodes)} source{'s' if len(nodes) != 1 else ''}, best first."
-            )
-            lines = [head, *format_results(nodes, width=100)]
-            return Response(
-                response="\n".join(lines), source_nodes=nodes, metadata={"retrieval_only": True}
-            )
-        from gl_retrieval.ollama.llm import synthesize_answer
-
-        text = synthesize_answer(self._llm, query_bundle.query_str, nodes)
-        return Response(response=text, source_nodes=nodes)
-
-    async def _aquery(self, query_bundle: QueryBundle) -> Response:
-        # Model work (and an LLM call) runs in a worker thread, off the event loop.
-        return await asyncio.to_thread(self._query, query_bundle)
-
-    def _get_prompt_modules(self) -> dict[str, Any]:
-        return {}
 
 
 class RetrievalPipeline:
@@ -233,14 +174,20 @@ class RetrievalPipeline:
 
     @property
     def llm(self) -> LLM | None:
-        """The answering LLM from the ``llm`` section, or None (retrieval-only)."""
+        """The answering LLM: the one passed in, else the config's ``llm`` section built (nothing
+        is contacted yet), else None (retrieval-only)."""
         if self._llm is None and self._config.llm is not None:
             from gl_retrieval.ollama.llm import build_ollama_llm
 
             c = self._config.llm
-            self._llm = build_ollama_llm(
-                model=c.model, base_url=c.base_url, timeout_s=c.timeout_s, temperature=c.temperature
-            )
+            with self._lock:
+                if self._llm is None:
+                    self._llm = build_ollama_llm(
+                        model=c.model,
+                        base_url=c.base_url,
+                        timeout_s=c.timeout_s,
+                        temperature=c.temperature,
+                    )
         return self._llm
 
     @property
@@ -623,18 +570,120 @@ class RetrievalPipeline:
             self.retrieve_batch, queries, filters=filters, top_k=top_k, top_n=top_n
         )
 
-    def as_query_engine(self, **kwargs: Any) -> BaseQueryEngine:
-        """A LlamaIndex query engine: retrieval-only, unless the config has an ``llm`` section.
+    def as_query_engine(
+        self,
+        *,
+        llm: LLM | None = None,
+        response_mode: str = "compact",
+        streaming: bool = False,
+        text_qa_template: Any = None,
+        refine_template: Any = None,
+        node_postprocessors: Sequence[BaseNodePostprocessor] = (),
+        filters: FiltersArg = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+        **synth_kwargs: Any,
+    ) -> RetrieverQueryEngine:
+        """LlamaIndex's own ``RetrieverQueryEngine`` over the two stages.
 
-        Retrieval-only engines return the results as ``response.source_nodes``, with
-        ``response.response`` listing them and their scores (``print(response)`` shows them),
-        and never call an LLM (no silent OpenAI fallback). With an ``llm`` section the response
-        is the LLM's answer written from those sources.
+        The LLM is ``llm``, else the config's ``llm`` section, else none: the engine is then
+        retrieval-only (no model is ever called, no silent OpenAI fallback), and
+        ``print(response)`` lists the sources. LlamaIndex's global ``Settings`` is never read.
 
         Args:
-            **kwargs: ``filters``, ``top_k``, ``top_n`` as for :meth:`retrieve`.
+            llm: Any LlamaIndex ``LLM``, for this engine only.
+            response_mode: LlamaIndex's response mode (``compact``, ``refine``,
+                ``tree_summarize``, ...).
+            streaming: ``query`` returns LlamaIndex's ``StreamingResponse`` (``response_gen``,
+                ``source_nodes``); ``aquery`` its async form.
+            text_qa_template: Replaces LlamaIndex's question-answering prompt.
+            refine_template: Replaces LlamaIndex's refine prompt.
+            node_postprocessors: Run on the reranked results before the LLM sees them.
+            filters: Metadata filters, as for :meth:`retrieve`.
+            top_k: Candidates to retrieve.
+            top_n: Sources handed on.
+            **synth_kwargs: More ``get_response_synthesizer`` arguments.
+
+        Example:
+            >>> engine = pipe.as_query_engine(top_n=2)
+            >>> print(engine.query("what is BM25?")).splitlines()[0]  # doctest: +SKIP
+            >>> str(engine.query("what is BM25?")).splitlines()[0]
+            'Retrieval only (the config has no llm section): 2 sources, best first.'
         """
-        return RetrievalOnlyQueryEngine(self.as_retriever(**kwargs), llm=self.llm)
+        from gl_retrieval.answers.engines import build_query_engine
+
+        return build_query_engine(
+            self.as_retriever(filters=filters, top_k=top_k, top_n=top_n),
+            llm=llm or self.llm,
+            response_mode=response_mode,
+            streaming=streaming,
+            text_qa_template=text_qa_template,
+            refine_template=refine_template,
+            node_postprocessors=node_postprocessors,
+            **synth_kwargs,
+        )
+
+    def as_chat_engine(
+        self,
+        *,
+        llm: LLM | None = None,
+        chat_mode: str = "condense_plus_context",
+        memory: BaseMemory | None = None,
+        system_prompt: str | None = None,
+        chat_history: Sequence[ChatMessage] | None = None,
+        node_postprocessors: Sequence[BaseNodePostprocessor] = (),
+        filters: FiltersArg = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+        **kwargs: Any,
+    ) -> BaseChatEngine:
+        """LlamaIndex's chat engine over the two stages: follow-up questions are condensed with
+        the conversation, each turn is retrieved and reranked, and its sources are attached
+        (``response.source_nodes``); ``stream_chat`` / ``astream_chat`` stream.
+
+        Args:
+            llm: Any LlamaIndex ``LLM``; default: the config's ``llm`` section.
+            chat_mode: ``condense_plus_context`` (default), ``context`` or
+                ``condense_question`` (see :func:`gl_retrieval.answers.build_chat_engine`).
+            memory: The conversation memory; default a buffer sized to the LLM's window.
+            system_prompt: Prepended to every turn.
+            chat_history: Earlier turns (``ChatMessage``), when ``memory`` is not given.
+            node_postprocessors: Run on the reranked results.
+            filters: Metadata filters, as for :meth:`retrieve`.
+            top_k: Candidates to retrieve per turn.
+            top_n: Sources per turn.
+            **kwargs: More arguments of the chat engine (``context_prompt``, ...).
+
+        Raises:
+            LLMNotConfiguredError: no LLM was passed and the config has no ``llm`` section.
+
+        Example:
+            >>> chat = pipe.as_chat_engine(system_prompt="Answer briefly.")  # doctest: +SKIP
+            >>> chat.chat("what is BM25?").source_nodes[0].doc_id  # doctest: +SKIP
+            >>> chat.stream_chat("and how is it tuned?").print_response_stream()  # doctest: +SKIP
+        """
+        from gl_retrieval.answers.engines import build_chat_engine
+
+        return build_chat_engine(
+            self.as_retriever(filters=filters, top_k=top_k, top_n=top_n),
+            llm=self._require_llm(llm, "a chat engine"),
+            chat_mode=chat_mode,
+            memory=memory,
+            system_prompt=system_prompt,
+            chat_history=chat_history,
+            node_postprocessors=node_postprocessors,
+            **kwargs,
+        )
+
+    def _require_llm(self, llm: LLM | None, what: str) -> LLM:
+        llm = llm or self.llm
+        if llm is None:
+            raise LLMNotConfiguredError(
+                f"{what} needs an LLM, but the config has no `llm` section: add "
+                "`llm: {provider: ollama, model: llama3.2}` or pass llm= (retrieval works "
+                "without one: use `query`)"
+            )
+        return llm
 
     def ask(
         self,
@@ -643,39 +692,77 @@ class RetrievalPipeline:
         filters: FiltersArg = None,
         top_k: int | None = None,
         top_n: int | None = None,
+        llm: LLM | None = None,
     ) -> Answer:
-        """Retrieve (and rerank) sources for ``question`` and have the configured LLM answer.
+        """Retrieve (and rerank) sources for ``question`` and have the LLM answer from them.
+
+        Built on :meth:`as_query_engine`: the same retrieval, LlamaIndex's response
+        synthesizer. With no source found, no LLM is called.
 
         Args:
             question: The question.
             filters: Metadata filters, as for :meth:`retrieve`.
             top_k: Candidates to retrieve.
             top_n: Sources handed to the LLM.
+            llm: Any LlamaIndex ``LLM``; default: the config's ``llm`` section.
 
         Returns:
             An :class:`Answer` with the text and the sources it was written from.
 
         Raises:
-            LLMNotConfiguredError: the config has no ``llm`` section.
+            LLMNotConfiguredError: no LLM was passed and the config has no ``llm`` section.
             OllamaError: the Ollama server is down, lacks the model, or timed out.
 
         Example:
             >>> answer = pipe.ask("when should I switch to pgvector?")  # doctest: +SKIP
             >>> print(answer.answer, [s.doc_id for s in answer.sources])  # doctest: +SKIP
         """
-        llm = self.llm
-        if llm is None:
-            raise LLMNotConfiguredError(
-                "`ask` needs an LLM, but the config has no `llm` section: add "
-                "`llm: {provider: ollama, model: llama3.2}` (retrieval works without one: "
-                "use `query`)"
-            )
-        from gl_retrieval.ollama.llm import synthesize_answer
+        return self.ask_stream(
+            question, filters=filters, top_k=top_k, top_n=top_n, llm=llm, streaming=False
+        ).to_answer()
 
-        sources = self.retrieve(question, filters=filters, top_k=top_k, top_n=top_n)
-        return Answer(
-            question=question, answer=synthesize_answer(llm, question, sources), sources=sources
+    def ask_stream(
+        self,
+        question: str,
+        *,
+        filters: FiltersArg = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+        llm: LLM | None = None,
+        streaming: bool = True,
+    ) -> AnswerStream:
+        """:meth:`ask`, the answer streamed: the sources are known at once, then iterating the
+        result yields the answer's text as the LLM writes it; ``close()`` stops the LLM.
+
+        Example:
+            >>> stream = pipe.ask_stream("what is BM25?")  # doctest: +SKIP
+            >>> [s.doc_id for s in stream.sources]  # doctest: +SKIP
+            >>> for token in stream:  # doctest: +SKIP
+            ...     print(token, end="", flush=True)
+        """
+        from llama_index.core.prompts import PromptTemplate
+
+        from gl_retrieval.answers.engines import ASK_PROMPT, numbered_sources
+        from gl_retrieval.ollama.llm import NO_SOURCES_ANSWER
+        from gl_retrieval.ollama.llm import ollama_llm_errors as llm_errors
+
+        model = self._require_llm(llm, "`ask`")
+        engine = self.as_query_engine(
+            llm=model,
+            streaming=streaming,
+            text_qa_template=PromptTemplate(ASK_PROMPT),
+            filters=filters,
+            top_k=top_k,
+            top_n=top_n,
         )
+        bundle = QueryBundle(query_str=question)
+        sources: list[Any] = engine.retrieve(bundle)
+        if not sources:
+            return AnswerStream(question, [], iter([NO_SOURCES_ANSWER]))
+        with llm_errors(model):  # the LLM reads the sources numbered, to cite them
+            response = engine.synthesize(bundle, numbered_sources(sources))
+        tokens = response.response_gen if streaming else iter([str(response.response or "")])
+        return AnswerStream(question, sources, tokens, errors=lambda: llm_errors(model))
 
     def verify(self) -> dict[str, Any]:
         """Check the committed index completely, without loading a model.
