@@ -15,11 +15,14 @@ Tree::
     ├── IndexNotFoundError       no index at the configured storage location yet
     ├── SourceError              a configured source cannot be read at all
     ├── FilterError              a metadata filter is malformed (unknown operator, type mismatch)
-    ├── QueryError               a query is empty, too long or holds a NUL; top_k out of range
+    ├── QueryError               a query is empty, too long or holds a NUL; top_k, temperature or
+    │                            max_tokens out of range
     ├── EmbeddingError           the embedder returned something unusable (wrong count or dimension)
     │   └── OllamaError          the Ollama server failed (down, model missing, timeout, 5xx)
     ├── StorageError             the storage backend failed (connection, credentials, extension)
     │   └── IndexDamagedError    a file of the persisted index is damaged (names it and the fix)
+    ├── LLMError                 an OpenAI-compatible LLM server failed (down, 401, no such model,
+    │                            timeout, 5xx); Ollama's failures stay OllamaError
     └── LLMNotConfiguredError    `ask` was called without an `llm` section
 """
 
@@ -33,6 +36,7 @@ __all__ = [
     "IndexDamagedError",
     "IndexMismatchError",
     "IndexNotFoundError",
+    "LLMError",
     "LLMNotConfiguredError",
     "MissingDependencyError",
     "ModelLoadError",
@@ -88,7 +92,8 @@ class FilterError(GLRetrievalError, ValueError):
 
 
 class QueryError(GLRetrievalError, ValueError):
-    """A query cannot be run: empty, too long, a NUL character, or top_k/top_n out of range."""
+    """A query cannot be run: empty, too long, a NUL character, or top_k/top_n (or an answer's
+    temperature/max_tokens) out of range."""
 
 
 class EmbeddingError(GLRetrievalError):
@@ -101,6 +106,11 @@ class OllamaError(EmbeddingError):
 
 class StorageError(GLRetrievalError):
     """The storage backend failed: connection refused, bad credentials, missing extension."""
+
+
+class LLMError(GLRetrievalError):
+    """An OpenAI-compatible LLM server failed: down, refused the key, has no such model, timed
+    out, or answered an error. The message names the server's URL and the fix."""
 
 
 class LLMNotConfiguredError(GLRetrievalError):

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-# The loopback Ollama server's fixtures (ollama_server, ollama_server_session, ollama_minilm).
-pytest_plugins = ("tests.ollama_server",)
+# The loopback servers' fixtures: Ollama (ollama_server, ollama_server_session, ollama_minilm)
+# and OpenAI-compatible (openai_server, openai_server_session).
+pytest_plugins = ("tests.ollama_server", "tests.openai_server")
 
 ROOT = Path(__file__).resolve().parents[1]
 # GL_SHARED_DATA points elsewhere, e.g. from a git worktree that has no shared/ beside it.

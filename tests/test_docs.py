@@ -473,6 +473,40 @@ def _ollama_timeout(env: Env) -> str:
     return _ollama(env, base_url=server.url, timeout_s=0.5)
 
 
+def _openai_like(env: Env, **llm: Any) -> str:
+    from gl_retrieval.answers.llms import build_llm, llm_errors
+
+    settings = {"provider": "openai_like", "model": "local-model", "max_retries": 0, **llm}
+
+    def ask() -> None:
+        model = build_llm(settings)
+        with llm_errors(model):
+            model.complete("anything")
+
+    return _raised(ask)
+
+
+def _llm_server(env: Env) -> Any:
+    return env.request.getfixturevalue("openai_server")
+
+
+def _llm_bad_key(env: Env) -> str:
+    server = _llm_server(env)
+    server.api_key = "sk-right"
+    return _openai_like(env, base_url=server.url, api_key="sk-wrong")
+
+
+def _llm_key_env_unset(env: Env) -> str:
+    env.monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    return _openai_like(env, base_url="http://127.0.0.1:8000/v1", api_key_env="VLLM_API_KEY")
+
+
+def _llm_timeout(env: Env) -> str:
+    server = _llm_server(env)
+    server.hang_next(5.0)
+    return _openai_like(env, base_url=server.url, timeout_s=0.5)
+
+
 def _chunk_capped(env: Env) -> str:
     cfg = {**env.small, "chunking": {}}
     summary = RetrievalPipeline.from_config(cfg).index()
@@ -514,6 +548,15 @@ TRIGGERS: dict[str, Callable[[Env], str]] = {
     "ollama-down": _ollama_down,
     "ollama-missing-model": _ollama_missing_model,
     "ollama-timeout": _ollama_timeout,
+    "llm-server-down": lambda env: _openai_like(
+        env, base_url=f"http://127.0.0.1:{_free_port()}/v1"
+    ),
+    "llm-unknown-model": lambda env: _openai_like(
+        env, base_url=_llm_server(env).url, model="qwen2.5-7b"
+    ),
+    "llm-bad-key": _llm_bad_key,
+    "llm-key-env-unset": _llm_key_env_unset,
+    "llm-timeout": _llm_timeout,
     "llm-not-configured": lambda env: _raised(
         lambda: RetrievalPipeline.from_config(env.small).ask("anything")
     ),

@@ -30,13 +30,18 @@ def _short(value: Any, width: int = 80) -> str:
     return text if len(text) <= width else f"{text[: width - 1]}… ({len(text):,} characters)"
 
 
+_UNION_TAGS = ("huggingface", "ollama", "openai_like", "embedded", "postgres")
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
         # Drop pydantic's union-branch tags from the path ("embedder.huggingface.model").
-        for tag in ("huggingface.", "ollama.", "embedded.", "postgres."):
-            loc = loc.replace(tag, "")
+        loc = ".".join(
+            str(p)
+            for p in e["loc"]
+            if not str(p).startswith("function-after") and str(p) not in _UNION_TAGS
+        )
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
@@ -50,7 +55,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
         value = e.get("input")
         if e["type"] == "union_tag_invalid":
             value = e["ctx"]["tag"]
-        hide = isinstance(value, dict) or e["type"] in ("missing", "value_error")
+        hide = (
+            isinstance(value, dict)
+            or e["type"] in ("missing", "value_error")
+            or loc.endswith("api_key")  # never echo a key, even a malformed one
+        )
         shown = "" if hide else f" (got {_short(value)})"
         lines.append(f"{loc or '<root>'}: {msg}{shown}")
     return f"{source}: invalid config: " + "; ".join(lines)

@@ -37,6 +37,7 @@ __all__ = [
     "HuggingFaceEmbedderConfig",
     "OllamaEmbedderConfig",
     "OllamaLLMConfig",
+    "OpenAILikeLLMConfig",
     "PipelineConfig",
     "PostgresStorageConfig",
     "RerankerConfig",
@@ -383,7 +384,9 @@ class ChunkingConfig(_Strict):
 class OllamaLLMConfig(_Strict):
     """An Ollama chat model that writes an answer from the retrieved sources."""
 
-    provider: Literal["ollama"] = Field(default="ollama", description="Only Ollama for now.")
+    provider: Literal["ollama"] = Field(
+        default="ollama", description="Ask an Ollama server for the answers (the default)."
+    )
     model: str = Field(
         default="llama3.2",
         min_length=1,
@@ -398,6 +401,91 @@ class OllamaLLMConfig(_Strict):
     temperature: float = Field(
         default=0.1, ge=0.0, le=2.0, description="Sampling temperature; low keeps answers close."
     )
+
+
+class OpenAILikeLLMConfig(_Strict):
+    """A chat model behind an OpenAI-compatible API: vLLM, llama.cpp's server, LM Studio, LiteLLM.
+
+    Needs the ``[openai-like]`` extra. The key comes from ``api_key`` or, better, from the
+    environment variable ``api_key_env`` names; ``$OPENAI_API_KEY`` is never read.
+    """
+
+    provider: Literal["openai_like"] = Field(
+        description="Ask a server that speaks OpenAI's /v1/chat/completions; needs the "
+        "[openai-like] extra."
+    )
+    model: str = Field(
+        min_length=1, description="Model name the server knows (GET <base_url>/models lists them)."
+    )
+    base_url: str = Field(
+        min_length=1,
+        description="API root, usually ending in /v1, e.g. http://127.0.0.1:8000/v1.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key the server expects; never printed (dumped as '**********'). "
+        "Prefer api_key_env.",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="Name of the environment variable holding the key, read when the LLM is "
+        "built. Not with api_key; neither: the placeholder key 'EMPTY' is sent.",
+    )
+    timeout_s: float = Field(
+        default=120.0, gt=0, le=limits.TIMEOUT_S, description="Per-request timeout in seconds."
+    )
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Retries of a request that failed to connect, timed out, or got 429 / 5xx.",
+    )
+    temperature: float = Field(
+        default=0.1, ge=0.0, le=2.0, description="Sampling temperature; low keeps answers close."
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="Most tokens in one answer; none: the server's limit.",
+    )
+    context_window: int = Field(
+        default=8192,
+        gt=0,
+        le=limits.MAX_TOKENS,
+        description="The model's context in tokens (what LlamaIndex fits the sources into).",
+    )
+    is_chat_model: bool = Field(
+        default=True,
+        description="true: /chat/completions; false: /completions with LlamaIndex's prompt.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest.split("/", 1)[0]:
+            raise ValueError(
+                f"must be an http(s) URL such as http://127.0.0.1:8000/v1, but got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OpenAILikeLLMConfig:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError(
+                "api_key and api_key_env are both set: keep one (api_key_env keeps the key out "
+                "of the file)"
+            )
+        return self
+
+
+LLMConfig = Annotated[
+    Annotated[OllamaLLMConfig, Tag("ollama")] | Annotated[OpenAILikeLLMConfig, Tag("openai_like")],
+    Discriminator(_tag("provider", "ollama")),
+]
 
 
 class ServeConfig(_Strict):
@@ -498,8 +586,10 @@ class PipelineConfig(_Strict):
     chunking: ChunkingConfig = Field(
         default_factory=ChunkingConfig, description="How documents are split before embedding."
     )
-    llm: OllamaLLMConfig | None = Field(
-        default=None, description="Optional answer writer; none: retrieval only, no LLM calls."
+    llm: LLMConfig | None = Field(
+        default=None,
+        description="Optional answer writer (ollama or openai_like); none: retrieval only, no "
+        "LLM calls.",
     )
     runtime: RuntimeConfig = Field(
         default_factory=RuntimeConfig, description="Threads for torch, onnxruntime and OpenVINO."

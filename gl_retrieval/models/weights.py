@@ -336,7 +336,7 @@ def configured_models(cfg: PipelineConfig) -> list[ModelRef]:
     if cfg.reranker is not None:
         rr = cfg.reranker
         refs.append(ModelRef("reranker", rr.model, _source(rr.model), revision=rr.revision))
-    if cfg.llm is not None:
+    if cfg.llm is not None and cfg.llm.provider == "ollama":  # an openai_like server has its own
         refs.append(ModelRef("llm", cfg.llm.model, "ollama", base_url=cfg.llm.base_url))
     return refs
 
