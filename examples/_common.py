@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from llama_index.core.base.llms.types import CompletionResponse, CompletionResponseGen
+from llama_index.core.llms.callbacks import llm_completion_callback
+from llama_index.core.llms.mock import MockLLM
 
 from gl_retrieval import PipelineConfig, load_config
 from gl_retrieval.config import EmbeddedStorageConfig
@@ -75,3 +80,59 @@ def ranking_note(hits: Any) -> str:
     if any(h.rerank_score is not None for h in hits):
         return "(reranked by the cross-encoder)"
     return "(retrieval order; no reranker)"
+
+
+class StandInLLM(MockLLM):
+    """A stand-in for a real LLM, for running offline: it writes one fixed, labelled text.
+
+    It reads nothing and knows nothing: every answer starts ``[stand-in LLM: <reason>]`` and
+    says that nothing was generated, so the retrieved sources printed with it are the only real
+    output. It streams that text word by word, like a real LLM, so the streaming code paths
+    run. One courtesy to chat engines: asked to rewrite a follow-up as a standalone question
+    (the condense step of ``chat_mode="condense_plus_context"``), it returns the follow-up
+    unchanged, so retrieval still gets the user's words. Deterministic, offline, no model.
+
+    Example:
+        >>> llm = StandInLLM(reason="no Ollama reachable")
+        >>> llm.complete("Question: what is BM25?").text.startswith("[stand-in LLM: no Ollama")
+        True
+    """
+
+    reason: str = "no LLM configured"
+
+    def __init__(self, reason: str = "no LLM configured") -> None:
+        super().__init__()
+        self.reason = reason
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "StandInLLM"
+
+    def text_for(self, prompt: str) -> str:
+        """What the stand-in writes for ``prompt``."""
+        follow_up = re.search(r"Follow Up Input:(.*)\n\s*Standalone question:\s*$", prompt)
+        if follow_up:  # a chat engine's condense step: keep the user's question
+            return follow_up.group(1).strip()
+        return (
+            f"[stand-in LLM: {self.reason}] Nothing was generated: this is a fixed text, not "
+            "an answer. The retrieved sources below are real; start an LLM (e.g. `ollama "
+            "serve`, `ollama pull llama3.2`) and use a config with an `llm` section for answers."
+        )
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text=self.text_for(prompt))
+
+    @llm_completion_callback()
+    def stream_complete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponseGen:
+        text = self.text_for(prompt)
+
+        def words() -> CompletionResponseGen:
+            so_far = ""
+            for word in re.findall(r"\S+\s*", text):
+                so_far += word
+                yield CompletionResponse(text=so_far, delta=word)
+
+        return words()

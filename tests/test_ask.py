@@ -83,3 +83,84 @@ def test_cli_ask_without_llm_is_one_line(small_config: dict[str, Any], tmp_path:
     r = CliRunner().invoke(app, ["ask", str(cfg), "q"])
     assert r.exit_code == 2  # the config lacks an llm section: bad config
     assert r.stderr.startswith("error: `ask` needs an LLM") and r.stderr.count("\n") == 1
+
+
+# -- `ask` on a terminal: the answer streams ------------------------------------------------------
+
+
+@pytest.fixture
+def ask_config(small_config: dict[str, Any], ollama_server: FakeOllama, tmp_path: Path) -> Path:
+    cfg = tmp_path / "ask.yaml"
+    cfg.write_text(yaml.safe_dump(with_llm(small_config, ollama_server.url)))
+    assert CliRunner().invoke(app, ["index", str(cfg)]).exit_code == 0
+    ollama_server.reset()
+    return cfg
+
+
+def streamed(server: FakeOllama) -> list[bool]:
+    """Whether each chat request asked for a stream (Ollama's default is to stream)."""
+    return [r.body.get("stream", True) for r in server.requests_to("/api/chat")]
+
+
+def test_cli_ask_streams_on_a_terminal_and_prints_what_no_stream_prints(
+    ask_config: Path, ollama_server: FakeOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gl_retrieval.cli import query_commands
+
+    args = ["ask", str(ask_config), "what is dense retrieval?"]
+    waited = CliRunner().invoke(app, args)  # CliRunner's stdout is no terminal: no streaming
+    assert waited.exit_code == 0, waited.output
+    assert streamed(ollama_server) == [False]
+
+    monkeypatch.setattr(query_commands, "_stdout_is_terminal", lambda: True)
+    ollama_server.reset()
+    live = CliRunner().invoke(app, args)
+    assert live.exit_code == 0, live.output
+    assert streamed(ollama_server) == [True]  # NDJSON, token by token
+    assert live.stdout == waited.stdout  # same text, same layout: answer, then sources
+    answer, _, sources = live.stdout.partition("\nsources:\n")
+    assert answer.startswith("According to [1],") and answer.endswith("\n")
+    assert sources.startswith("  [1] dense  ")
+    assert live.stderr == ""
+
+    ollama_server.reset()
+    assert CliRunner().invoke(app, [*args, "--no-stream"]).exit_code == 0
+    assert streamed(ollama_server) == [False]  # --no-stream waits, even on a terminal
+
+
+def test_cli_ask_stream_flag_and_json(ask_config: Path, ollama_server: FakeOllama) -> None:
+    args = ["ask", str(ask_config), "what is dense retrieval?", "--top-n", "2"]
+    r = CliRunner().invoke(app, [*args, "--stream"])  # forced, though not a terminal
+    assert r.exit_code == 0, r.output
+    assert streamed(ollama_server) == [True]
+    assert r.stdout.count("  [") == 2  # --top-n 2 sources
+
+    ollama_server.reset()
+    r = CliRunner().invoke(app, [*args, "--stream", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)  # --json is one JSON document: it never streams
+    assert set(out) == {"question", "answer", "sources"} and len(out["sources"]) == 2
+    assert out["answer"].startswith("According to [1],")
+    assert streamed(ollama_server) == [False]
+
+
+def test_cli_ask_filter_and_top_k(ask_config: Path, ollama_server: FakeOllama) -> None:
+    args = ["ask", str(ask_config), "what ranks by term frequency?", "--json"]
+    r = CliRunner().invoke(app, [*args, "--filter", "topic=dense", "--top-k", "3"])
+    assert r.exit_code == 0, r.output
+    assert [s["doc_id"] for s in json.loads(r.stdout)["sources"]] == ["dense"]
+    r = CliRunner().invoke(app, [*args, "--filter", "topic"])  # no operator
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    assert len(ollama_server.requests_to("/api/chat")) == 1  # the bad filter called no LLM
+
+
+@pytest.mark.parametrize("mode", ["--stream", "--no-stream"])
+def test_cli_ask_llm_errors_are_one_line(
+    ask_config: Path, ollama_server: FakeOllama, mode: str
+) -> None:
+    ollama_server.models.discard("llama3.2:latest")
+    r = CliRunner().invoke(app, ["ask", str(ask_config), "what is dense retrieval?", mode])
+    assert r.exit_code == 1, r.output  # a runtime error: the server lacks the model
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    assert "llama3.2" in r.stderr
+    assert "sources:" not in r.stdout

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gl_retrieval import load_config
 from gl_retrieval.models import configured_models
 from tests.conftest import ROOT
+from tests.ollama_server import FakeOllama, closed_port
 
 EXAMPLES = ROOT / "examples"
 CONFIGS = sorted((EXAMPLES / "configs").glob("*.yaml"))
@@ -83,6 +85,7 @@ def run_script(name: str, *args: str | Path) -> subprocess.CompletedProcess[str]
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *map(str, args)],
         capture_output=True,
+        stdin=subprocess.DEVNULL,  # not a terminal: the chat example runs its fixed questions
         text=True,
         env=_env(),
         timeout=300,
@@ -111,9 +114,10 @@ def test_builddaily_indexes_the_docs_and_reranks(tmp_path: Path) -> None:
     report = run_json("builddaily_docs.py", "--index-dir", tmp_path)
     assert report["index"]["documents"]["added"] >= 5
     assert len(report["questions"]) == 3
+    assert report["llm"] == "stand-in (no llm section)"  # the offline config has no llm section
     docs = {p.name for p in (ROOT / "docs").glob("*.md")}
     for q in report["questions"]:
-        assert q["answer"] is None  # the offline config has no llm section
+        assert q["answer"].startswith("[stand-in LLM: the config has no llm section]")
         assert len(q["results"]) == 3  # reranker.top_n
         for r in q["results"]:
             assert r["doc_id"] in docs
@@ -123,6 +127,45 @@ def test_builddaily_indexes_the_docs_and_reranks(tmp_path: Path) -> None:
         scores = [r["retrieval_score"] for r in q["results"]]
         assert scores == sorted(scores, reverse=True)
     assert (tmp_path / "builddaily-minilm" / "CURRENT").exists()
+
+    # In the terminal: a streamed chat, each answer labelled, its sources after it.
+    text = run_script("builddaily_docs.py", "--index-dir", tmp_path, "what is a manifest?")
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("index: 0 added") and lines[1] == "llm: stand-in (no llm section)"
+    assert lines[3] == "you> what is a manifest?"
+    assert lines[4].startswith("assistant> [stand-in LLM: the config has no llm section]")
+    assert lines[5].startswith("sources (kept in retrieval order")
+    assert len(lines) == 9
+
+
+def test_builddaily_chats_through_ollama_when_it_answers(
+    tmp_path: Path, ollama_server: FakeOllama
+) -> None:
+    config = yaml.safe_load((EXAMPLES / "configs" / "builddaily.offline.yaml").read_text())
+    config["sources"][0]["path"] = str(ROOT / "docs")
+    config["sources"][0]["glob"] = "index.md"  # one page: quick to embed
+    config["llm"] = {"provider": "ollama", "model": "llama3.2", "base_url": ollama_server.url}
+    path = tmp_path / "builddaily.yaml"
+    path.write_text(yaml.safe_dump(config))
+    q1, q2 = "what do the docs test?", "and the examples?"
+    report = run_json("builddaily_docs.py", "--config", path, "--index-dir", tmp_path, q1, q2)
+    assert report["llm"] == "ollama llama3.2"
+    # The stand-in Ollama echoes the last user message when it holds no "[1] " source line.
+    assert [q["answer"] for q in report["questions"]] == [f"You said: {q}" for q in (q1, q2)]
+    assert all(len(q["results"]) == 3 for q in report["questions"])
+    chat = [r.body for r in ollama_server.requests_to("/api/chat")]
+    # condense_plus_context: the first turn answers; the follow-up is condensed, then answered.
+    assert len(chat) == 3
+    condense = chat[1]["messages"][-1]["content"]
+    assert q1 in condense and q2 in condense and "standalone question" in condense.lower()
+    assert [m["content"] for m in chat[2]["messages"][1:]] == [q1, f"You said: {q1}", q2]
+
+    ollama_server.reset()
+    config["llm"]["base_url"] = f"http://127.0.0.1:{closed_port()}"
+    path.write_text(yaml.safe_dump(config))
+    text = run_script("builddaily_docs.py", "--config", path, "--index-dir", tmp_path, q1).stdout
+    assert f"llm: stand-in (no Ollama at {config['llm']['base_url']})" in text
+    assert "assistant> [stand-in LLM: no Ollama reachable at http://127.0.0.1:" in text
 
 
 def test_paiddaily_filters_by_ticker_and_date_then_reranks(tmp_path: Path) -> None:
@@ -188,3 +231,5 @@ def test_prototype_notebook_executes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "50 added" in text
     assert "hybrid-rrf" in text  # the table has the expected top document
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the score plot
+    streamed = "".join(o.get("text", "") for o in outputs)  # the tokens, flushed one by one
+    assert "[stand-in LLM: offline notebook, no LLM]" in streamed  # as_query_engine(streaming)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,24 +70,81 @@ def ask(
         int | None,
         typer.Option(min=1, max=limits.TOP_K, help="How many sources to give the LLM."),
     ] = None,
+    top_k: Annotated[
+        int | None,
+        typer.Option(min=1, max=limits.TOP_K, help="How many candidates to retrieve."),
+    ] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="A metadata filter on the sources, as for `query`; repeat it to require several.",
+            show_default=False,
+        ),
+    ] = None,
+    stream: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream",
+            help="Print the answer as the LLM writes it (the default when stdout is a "
+            "terminal); --no-stream waits for the whole answer. --json never streams.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Answer a question with the config's LLM, from the retrieved sources."""
+    """Answer a question with the config's LLM, from the retrieved sources.
+
+    The answer comes first, then its numbered sources; on a terminal the answer appears as it
+    is written.
+    """
     from gl_retrieval.retrieval.queries import check_query
 
     check_query(question)
-    cfg = checked_config(config)
-    if cfg.llm is None:
-        open_pipeline(cfg).ask(question)  # raises the one-line "needs an llm section" error
+    cfg = checked_config(config, filters=filters)
     pipe = open_pipeline(cfg)
-    answer = pipe.ask(question, top_n=top_n)
+    if pipe.llm is None:
+        pipe.ask(question)  # raises the one-line "needs an llm section" error, before any load
+    options: dict[str, Any] = {"filters": filters or None, "top_k": top_k, "top_n": top_n}
     if as_json:
+        with library_warnings():
+            answer = pipe.ask(question, **options)
         print_json(answer.to_dict())
         return
-    typer.echo(answer.answer)
+    if _stdout_is_terminal() if stream is None else stream:
+        with library_warnings():
+            sources = _stream_answer(pipe.ask_stream(question, **options))
+    else:
+        with library_warnings():
+            answer = pipe.ask(question, **options)
+        typer.echo(answer.answer)
+        sources = answer.sources
     typer.echo("\nsources:")
-    for i, s in enumerate(answer.sources, 1):
+    for i, s in enumerate(sources, 1):
         typer.echo(f"  [{i}] {s.doc_id}  {snippet(s.node.get_content(), 100)}")
+
+
+def _stdout_is_terminal() -> bool:
+    """Whether stdout is a terminal (then `ask` streams); tests monkeypatch this."""
+    return sys.stdout.isatty()
+
+
+def _stream_answer(stream: Any) -> list[Any]:
+    """Echo an ``AnswerStream``'s text as it arrives; returns its sources.
+
+    The stream is closed however this ends, so an interrupt or an LLM error mid-answer stops
+    the generation; a partial answer gets its line ended before the error line on stderr.
+    """
+    wrote = ""
+    try:
+        for delta in stream:
+            typer.echo(delta, nl=False)
+            wrote = delta or wrote
+    finally:
+        if wrote and not wrote.endswith("\n"):
+            typer.echo()
+        stream.close()
+    return list(stream.sources)
 
 
 @handle_errors
