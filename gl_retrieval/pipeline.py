@@ -177,17 +177,11 @@ class RetrievalPipeline:
         """The answering LLM: the one passed in, else the config's ``llm`` section built (nothing
         is contacted yet), else None (retrieval-only)."""
         if self._llm is None and self._config.llm is not None:
-            from gl_retrieval.ollama.llm import build_ollama_llm
+            from gl_retrieval.answers.llms import build_llm
 
-            c = self._config.llm
             with self._lock:
                 if self._llm is None:
-                    self._llm = build_ollama_llm(
-                        model=c.model,
-                        base_url=c.base_url,
-                        timeout_s=c.timeout_s,
-                        temperature=c.temperature,
-                    )
+                    self._llm = build_llm(self._config.llm)
         return self._llm
 
     @property
@@ -743,8 +737,8 @@ class RetrievalPipeline:
         from llama_index.core.prompts import PromptTemplate
 
         from gl_retrieval.answers.engines import ASK_PROMPT, numbered_sources
+        from gl_retrieval.answers.llms import guard_stream, llm_errors
         from gl_retrieval.ollama.llm import NO_SOURCES_ANSWER
-        from gl_retrieval.ollama.llm import ollama_llm_errors as llm_errors
 
         model = self._require_llm(llm, "`ask`")
         engine = self.as_query_engine(
@@ -761,8 +755,9 @@ class RetrievalPipeline:
             return AnswerStream(question, [], iter([NO_SOURCES_ANSWER]))
         with llm_errors(model):  # the LLM reads the sources numbered, to cite them
             response = engine.synthesize(bundle, numbered_sources(sources))
-        tokens = response.response_gen if streaming else iter([str(response.response or "")])
-        return AnswerStream(question, sources, tokens, errors=lambda: llm_errors(model))
+        if not streaming:
+            return AnswerStream(question, sources, iter([str(response.response or "")]))
+        return AnswerStream(question, sources, guard_stream(response.response_gen, llm=model))
 
     def verify(self) -> dict[str, Any]:
         """Check the committed index completely, without loading a model.

@@ -162,3 +162,21 @@ def test_our_reranker_in_a_stock_llamaindex_engine(
     response = engine.query("what is BM25?")
     assert len(response.source_nodes) == 2
     assert all(n.rerank_score is not None for n in response.source_nodes)
+
+
+def test_an_openai_like_llm_from_config_answers_and_streams(
+    small_config: dict[str, Any], openai_server: Any
+) -> None:
+    cfg = {
+        **small_config,
+        "llm": {"provider": "openai_like", "model": "local-model", "base_url": openai_server.url},
+    }
+    pipe = RetrievalPipeline.from_config(cfg)
+    pipe.index(show_progress=False)
+    assert type(pipe.llm).__name__ == "OpenAILike"
+    answer = pipe.ask("what does pgvector add to PostgreSQL?", top_n=2)
+    assert answer.answer and answer.sources[0].doc_id == "pg"
+    stream = pipe.ask_stream("what does pgvector add to PostgreSQL?", top_n=2)
+    assert len(list(stream)) > 1 and stream.answer == answer.answer
+    chat = pipe.as_chat_engine(top_n=2).stream_chat("what is dense retrieval?")
+    assert "".join(chat.response_gen).strip() and chat.source_nodes

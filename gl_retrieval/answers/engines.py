@@ -30,8 +30,8 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.response_synthesizers import BaseSynthesizer, get_response_synthesizer
 from llama_index.core.schema import NodeWithScore, QueryType
 
+from gl_retrieval.answers.llms import llm_errors
 from gl_retrieval.errors import ConfigError
-from gl_retrieval.ollama.llm import ollama_llm_errors as llm_errors
 from gl_retrieval.retrieval.results import format_results
 
 if TYPE_CHECKING:

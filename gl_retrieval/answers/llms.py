@@ -420,13 +420,18 @@ def guard_stream(stream: Iterable[T], *, llm: LLM, action: str = "answer") -> It
     guard = llm_errors(llm, action=action)
     with guard:
         iterator = iter(stream)
-    while True:
-        with guard:
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-        yield item
+    try:
+        while True:
+            with guard:
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            yield item
+    finally:  # closed early (a client went away): close the LLM's stream too, now
+        close = getattr(iterator, "close", None)  # a generator has one; an iterator may not
+        if close is not None:
+            close()
 
 
 async def aguard_stream(
