@@ -532,6 +532,12 @@ class ServeConfig(_Strict):
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="A request still unanswered after this gets 504."
     )
+    llm_stall_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A streamed LLM answer (/v1/chat/completions, /v1/ask with stream) that "
+        "sends no token for this long is cut with an error event, and its generation stopped.",
+    )
     max_body_bytes: int = Field(
         default=1_000_000, gt=0, description="Larger request bodies get 413."
     )

@@ -2,7 +2,8 @@
 
 Every error is ``{"error": {"type", "message"}}`` with its status; no traceback ever reaches a
 response (it goes to the server log). The pieces: ``responses`` (errors, statuses, limits),
-``guard`` (auth, body size, admission, request metrics), ``routes_query`` (query, batch, ask),
+``guard`` (auth, body size, admission, request metrics), ``routes_query`` (query, batch),
+``routes_answers`` (ask, OpenAI chat completions; streamed through ``streaming``),
 ``routes_admin`` (index jobs, info, health, metrics), ``routes_openai`` (OpenAI and TEI
 embeddings, TEI rerank).
 """
@@ -18,6 +19,7 @@ from fastapi import FastAPI  # noqa: E402
 from gl_retrieval.serve.guard import Guard  # noqa: E402
 from gl_retrieval.serve.responses import RequestLimits, install_error_handlers  # noqa: E402
 from gl_retrieval.serve.routes_admin import add_admin_routes  # noqa: E402
+from gl_retrieval.serve.routes_answers import add_answer_routes  # noqa: E402
 from gl_retrieval.serve.routes_openai import add_openai_routes  # noqa: E402
 from gl_retrieval.serve.routes_query import add_query_routes  # noqa: E402
 from gl_retrieval.serve.service import RetrievalService  # noqa: E402
@@ -41,6 +43,7 @@ def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastA
     install_error_handlers(app)
     limits = RequestLimits(cfg)
     add_query_routes(app, service, limits)  # registered in this order: the OpenAPI page's
+    add_answer_routes(app, service, limits)
     add_admin_routes(app, service)
     add_openai_routes(app, service, limits)
 

@@ -13,19 +13,21 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, overload
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import QueryBundle
 
 from gl_retrieval._deps import require
+from gl_retrieval.answers.results import Answer
 from gl_retrieval.errors import GLRetrievalError
 from gl_retrieval.retrieval.results import RankedNode
 
-__all__ = ["RemoteError", "RemotePipeline", "RemoteRetriever"]
+__all__ = ["RemoteAnswerStream", "RemoteError", "RemotePipeline", "RemoteRetriever"]
 
 _RETRY_STATUSES = frozenset({502, 503})
 _MAX_RETRY_AFTER_S = 5.0
@@ -128,6 +130,30 @@ class RemotePipeline:
                 kind, message = "error", response.text[:200]
             raise RemoteError(response.status_code, kind, message)
         return response.json()
+
+    def _open_stream(self, path: str, body: dict[str, Any]) -> Any:
+        """POST ``body`` and return the open streaming response (its status checked), with the
+        same retries as :meth:`_post` before the first byte."""
+        errors = (self._httpx.ConnectError, self._httpx.RemoteProtocolError)
+        client = self.client
+        for attempt in range(self._max_retries + 1):
+            last = attempt == self._max_retries
+            try:
+                response = client.send(client.build_request("POST", path, json=body), stream=True)
+            except errors as e:
+                if last:
+                    raise GLRetrievalError(f"cannot reach {self.url}: {e}") from e
+                time.sleep(self._delay(attempt, None))
+                continue
+            if response.status_code < 400:
+                return response
+            response.read()
+            response.close()
+            if response.status_code in _RETRY_STATUSES and not last:
+                time.sleep(self._delay(attempt, response))
+                continue
+            self._result(response)  # raises RemoteError
+        raise GLRetrievalError(f"no answer from {self.url}")  # not reached
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         errors = (self._httpx.ConnectError, self._httpx.RemoteProtocolError)
@@ -232,9 +258,158 @@ class RemotePipeline:
         """A LlamaIndex ``BaseRetriever`` over this server."""
         return RemoteRetriever(self, filters=filters, top_k=top_k, top_n=top_n)
 
+    @overload
+    def ask(
+        self,
+        question: str,
+        *,
+        filters: Any = ...,
+        top_k: int | None = ...,
+        top_n: int | None = ...,
+        stream: Literal[False] = ...,
+    ) -> Answer: ...
+
+    @overload
+    def ask(
+        self,
+        question: str,
+        *,
+        filters: Any = ...,
+        top_k: int | None = ...,
+        top_n: int | None = ...,
+        stream: Literal[True],
+    ) -> RemoteAnswerStream: ...
+
+    def ask(
+        self,
+        question: str,
+        *,
+        filters: Any = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+        stream: bool = False,
+    ) -> Answer | RemoteAnswerStream:
+        """As :meth:`RetrievalPipeline.ask`, over ``POST /v1/ask``.
+
+        Args:
+            question: The question.
+            filters: Metadata filters, as for :meth:`retrieve`.
+            top_k: Candidates to retrieve.
+            top_n: Sources handed to the LLM.
+            stream: True: a :class:`RemoteAnswerStream` that yields the text deltas as the
+                server's LLM writes them, its ``sources`` filled once the answer is complete.
+
+        Raises:
+            RemoteError: The server refused (e.g. 400 ``llm_not_configured``), or an error
+                came in the middle of the stream (status 200, e.g. ``llm_stalled``).
+
+        Example:
+            >>> with pipe.ask("what is BM25?", stream=True) as answer:  # doctest: +SKIP
+            ...     for delta in answer:
+            ...         print(delta, end="", flush=True)
+            >>> [s.doc_id for s in answer.sources]  # doctest: +SKIP
+        """
+        body = {"question": question, **self._body(filters, top_k, top_n)}
+        if not stream:
+            data = self._post("/v1/ask", body)
+            sources = [_node(s) for s in data["sources"]]
+            return Answer(question=data["question"], answer=data["answer"], sources=sources)
+        return RemoteAnswerStream(question, self._open_stream("/v1/ask", {**body, "stream": True}))
+
     def info(self) -> dict[str, Any]:
         """``GET /v1/info``."""
         return self._result(self.client.get("/v1/info"))
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """``(event, data)`` of each server-sent event in ``lines`` (``message`` when unnamed).
+
+    Example:
+        >>> list(sse_events(["event: token", 'data: {"text": "Hi"}', "", "data: [DONE]", ""]))
+        [('token', '{"text": "Hi"}'), ('message', '[DONE]')]
+    """
+    event, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    if data:
+        yield event, "\n".join(data)
+
+
+class RemoteAnswerStream:
+    """An answer streamed from ``POST /v1/ask``: iterate it for the text deltas.
+
+    :attr:`sources` (``RankedNode``) and :attr:`answer` are complete once the iteration ends;
+    :meth:`close` (or leaving a ``with`` block) hangs up, and the server stops generating.
+    """
+
+    def __init__(self, question: str, response: Any) -> None:
+        self.question = question
+        self.sources: list[RankedNode] = []
+        self.done = False
+        self._response = response
+        self._parts: list[str] = []
+        self._final: str | None = None
+        self._deltas = self._read()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas  # one pass: a second loop continues where the first one stopped
+
+    def _read(self) -> Iterator[str]:
+        import httpx
+
+        try:
+            for event, data in sse_events(self._response.iter_lines()):
+                if event == "token":
+                    text = json.loads(data)["text"]
+                    self._parts.append(text)
+                    yield text
+                elif event == "done":
+                    final = json.loads(data)
+                    self.sources = [_node(s) for s in final["sources"]]
+                    self._final = final["answer"]
+                    self.done = True
+                    return
+                elif event == "error":
+                    err = json.loads(data).get("error", {})
+                    raise RemoteError(
+                        self._response.status_code,
+                        err.get("type", "error"),
+                        err.get("message", ""),
+                    )
+            if not self.done:
+                raise GLRetrievalError("the answer stream ended before its `done` event")
+        except httpx.HTTPError as e:
+            raise GLRetrievalError(f"the answer stream broke off: {e}") from e
+        finally:
+            self.close()
+
+    @property
+    def answer(self) -> str:
+        """The text so far; the whole answer once the stream is done."""
+        return self._final if self._final is not None else "".join(self._parts)
+
+    def to_answer(self) -> Answer:
+        """The :class:`Answer` (reads what is left of the stream first)."""
+        for _ in self:
+            pass
+        return Answer(question=self.question, answer=self.answer, sources=self.sources)
+
+    def close(self) -> None:
+        """Hang up; the server stops the generation."""
+        self._response.close()
+
+    def __enter__(self) -> RemoteAnswerStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RemoteRetriever(BaseRetriever):

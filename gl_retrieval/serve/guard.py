@@ -15,17 +15,30 @@ from gl_retrieval.serve.batching import Overloaded
 from gl_retrieval.serve.responses import error_response, status_of
 from gl_retrieval.serve.service import RetrievalService
 
-__all__ = ["ADMITTED", "OPEN_PATHS", "Guard", "route_label"]
+__all__ = ["ADMITTED", "LLM_ROUTES", "OPEN_PATHS", "Guard", "route_label"]
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 #: Routes that take model time: admitted (or refused with 503) before their body is parsed.
 ADMITTED = frozenset(
-    {"/v1/query", "/v1/query/batch", "/v1/ask", "/v1/embeddings", "/embed", "/rerank"}
+    {
+        "/v1/query",
+        "/v1/query/batch",
+        "/v1/ask",
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/embed",
+        "/rerank",
+    }
 )
+#: Admitted routes whose answer an LLM writes: they count against ``serve.queue_size`` for as
+#: long as they run (a stream included), but not in the throughput that predicts queue waits
+#: (one minute-long stream would otherwise make every query look slow).
+LLM_ROUTES = frozenset({"/v1/ask", "/v1/chat/completions"})
 _ROUTES = (
     "/v1/query/batch",
     "/v1/query",
     "/v1/ask",
+    "/v1/chat/completions",
     "/v1/index",
     "/v1/info",
     "/v1/embeddings",
@@ -79,7 +92,7 @@ class Guard:
                 return
             with contextlib.ExitStack() as admitted:
                 try:
-                    admitted.enter_context(self.service.admit())
+                    admitted.enter_context(self.service.admit(measured=path not in LLM_ROUTES))
                 except Overloaded as e:
                     status, kind, headers = status_of(e)
                     await error_response(status, kind, str(e), headers)(

@@ -23,6 +23,7 @@ from gl_retrieval.errors import (
     GLRetrievalError,
     IndexMismatchError,
     IndexNotFoundError,
+    LLMError,
     LLMNotConfiguredError,
     OllamaError,
     QueryError,
@@ -75,7 +76,7 @@ def status_of(e: BaseException) -> tuple[int, str, dict[str, str] | None]:
         return 422, "invalid_request", None
     if isinstance(e, (IndexNotFoundError, IndexMismatchError)):
         return 503, "not_ready", {"Retry-After": "5"}
-    if isinstance(e, OllamaError):
+    if isinstance(e, (OllamaError, LLMError)):
         return 502, "upstream_error", None
     return 500, "internal_error", None
 
@@ -127,12 +128,13 @@ class RequestLimits:
     def __init__(self, cfg: ServeConfig) -> None:
         self.cfg = cfg
 
-    async def guarded(self, work: Callable[[], Awaitable[Any]]) -> Any:
-        """Run ``work`` under serve.request_timeout_s (504 past it)."""
+    async def guarded(self, work: Callable[[], Awaitable[Any]], *, elapsed_s: float = 0.0) -> Any:
+        """Run ``work`` under serve.request_timeout_s, less ``elapsed_s`` already spent on the
+        request (504 past it)."""
         timeout = self.cfg.request_timeout_s
         # Admission happened in the Guard, before the body was parsed (a refusal costs little).
         try:
-            return await asyncio.wait_for(work(), timeout)
+            return await asyncio.wait_for(work(), max(0.001, timeout - elapsed_s))
         except asyncio.TimeoutError:
             raise APIError(
                 504, "timeout", f"request took over serve.request_timeout_s = {timeout}"

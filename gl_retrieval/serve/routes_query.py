@@ -1,5 +1,4 @@
-"""Retrieval routes: ``/v1/query``, ``/v1/query/batch`` and ``/v1/ask``, in the CLI's JSON
-shapes."""
+"""Retrieval routes: ``/v1/query`` and ``/v1/query/batch``, in the CLI's JSON shapes."""
 
 from __future__ import annotations
 
@@ -7,9 +6,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from gl_retrieval.errors import LLMNotConfiguredError
 from gl_retrieval.serve.responses import FastJSON, RequestLimits
-from gl_retrieval.serve.schemas import AskRequest, BatchQueryRequest, QueryRequest
+from gl_retrieval.serve.schemas import BatchQueryRequest, QueryRequest
 from gl_retrieval.serve.service import RetrievalService
 
 __all__ = ["add_query_routes", "payload"]
@@ -57,27 +55,5 @@ def add_query_routes(app: FastAPI, service: RetrievalService, limits: RequestLim
                     ]
                 }
             )
-
-        return await guarded(work)
-
-    @app.post("/v1/ask", summary="The configured LLM's answer: the `ask --json` shape")
-    async def ask(body: AskRequest) -> Any:
-        check_text(body.question, "question")
-        if service.pipe.config.llm is None:
-            raise LLMNotConfiguredError(
-                "/v1/ask needs an LLM, but the config has no `llm` section: add "
-                "`llm: {provider: ollama, model: llama3.2}` (retrieval works without one: "
-                "use /v1/query)"
-            )
-
-        async def work() -> Any:
-            answer = await service.run(
-                service.pipe.ask,
-                body.question,
-                filters=body.filters,
-                top_k=body.top_k,
-                top_n=body.top_n,
-            )
-            return answer.to_dict()
 
         return await guarded(work)

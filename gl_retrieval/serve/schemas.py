@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AskRequest",
     "BatchQueryRequest",
+    "ChatCompletionRequest",
+    "ChatMessageIn",
     "EmbeddingsRequest",
     "IndexRequest",
     "QueryRequest",
@@ -44,6 +46,46 @@ class BatchQueryRequest(_Options):
 
 class AskRequest(_Options):
     question: str = Field(description="The question for the configured LLM.")
+    stream: bool = Field(
+        default=False,
+        description="true: server-sent events, `token` events as the answer is written, then "
+        "one `done` event with the `ask --json` shape.",
+    )
+
+
+class ChatMessageIn(BaseModel):
+    """One message of OpenAI's chat schema: text content only."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = Field(
+        default=None, description="The text, or a list of content parts ({type: text, text})."
+    )
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's ``POST /v1/chat/completions`` body, plus ``top_k``, ``top_n`` and ``filters``
+    (the ``openai`` client sends them with ``extra_body``). Other OpenAI fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(
+        default="gl-retrieval", description="Echoed back; the configured LLM answers."
+    )
+    messages: list[ChatMessageIn] = Field(
+        description="The conversation; the last message is the user's question."
+    )
+    stream: bool = Field(default=False, description="true: OpenAI's chat.completion.chunk SSE.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(
+        default=None, gt=0, description="OpenAI's newer name for max_tokens."
+    )
+    n: int = Field(default=1, ge=1, le=1, description="Only one choice is written.")
+    top_k: int | None = Field(default=None, gt=0, description="Candidates to retrieve.")
+    top_n: int | None = Field(default=None, gt=0, description="Sources handed to the LLM.")
+    filters: Filters = Field(default=None, description="Metadata filters, as for /v1/query.")
 
 
 class IndexRequest(_Body):

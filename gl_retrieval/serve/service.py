@@ -243,12 +243,13 @@ class RetrievalService:
     # -- admission -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
+    def admit(self, *, measured: bool = True) -> Iterator[None]:
         """Count a request in, or refuse it (``Overloaded``): at ``queue_size`` requests, or
         when those admitted would take over ``max_queue_wait_ms`` to drain (see
-        :mod:`gl_retrieval.serve.admission`)."""
+        :mod:`gl_retrieval.serve.admission`). ``measured=False`` for an LLM answer: it holds
+        its place in ``queue_size`` until its stream ends, outside the measured rate."""
         try:
-            self._admission.enter()
+            self._admission.enter(measured=measured)
         except Overloaded:
             self.metrics.rejected.inc()
             raise
@@ -256,13 +257,13 @@ class RetrievalService:
         try:
             yield
         finally:
-            self._admission.leave()
+            self._admission.leave(measured=measured)
             self.metrics.in_flight.set(self._admission.in_flight)
             self.metrics.predicted_wait.set(self._admission.predicted_wait_s())
 
     @property
     def _in_flight(self) -> int:
-        return self._admission.in_flight
+        return self._admission.measured  # what a batch may wait for (not the LLM answers)
 
     async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` in the service's worker threads."""
