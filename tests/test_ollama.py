@@ -14,14 +14,16 @@ from typing import Any
 import numpy as np
 import pytest
 from llama_index.core import VectorStoreIndex
+from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import ChatMessage
 from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.core.settings import Settings
 
+from gl_retrieval.answers.llms import llm_errors
 from gl_retrieval.embedders.ollama import OllamaEmbedder
 from gl_retrieval.errors import ConfigError, EmbeddingError, ModelLoadError, OllamaError
 from gl_retrieval.ollama.client import resolve_base_url
-from gl_retrieval.ollama.llm import NO_SOURCES_ANSWER, build_ollama_llm, synthesize_answer
+from gl_retrieval.ollama.llm import build_ollama_llm
 from tests.ollama_server import FakeOllama, closed_port, minilm_path
 
 DOC = "search_document: "
@@ -395,12 +397,29 @@ NODES = [
 ]
 
 
+def _ask(llm: Any, question: str, nodes: list[Any]) -> str:
+    """``ask``'s synthesis step: the sources numbered, LlamaIndex's synthesizer, ASK_PROMPT."""
+    from llama_index.core.prompts import PromptTemplate
+    from llama_index.core.schema import NodeWithScore, QueryBundle
+
+    from gl_retrieval.answers.engines import ASK_PROMPT, build_query_engine, numbered_sources
+
+    hits = [n if isinstance(n, NodeWithScore) else NodeWithScore(node=n) for n in nodes]
+    engine = build_query_engine(
+        VectorStoreIndex([], embed_model=MockEmbedding(embed_dim=4)).as_retriever(),
+        llm=llm,
+        text_qa_template=PromptTemplate(ASK_PROMPT),
+    )
+    with llm_errors(llm):
+        return str(engine.synthesize(QueryBundle(query_str=question), numbered_sources(hits)))
+
+
 def test_llm_answers_from_numbered_sources(ollama_server: FakeOllama) -> None:
     llm = build_ollama_llm(
         model="llama3.2", base_url=ollama_server.url, timeout_s=5, context_window=4096
     )
 
-    answer = synthesize_answer(llm, "What does aspirin do?", NODES)
+    answer = _ask(llm, "What does aspirin do?", NODES)
 
     assert answer == "According to [1], Aspirin inhibits platelet aggregation."
     (request,) = ollama_server.requests  # no /api/show: the context window was given
@@ -408,12 +427,10 @@ def test_llm_answers_from_numbered_sources(ollama_server: FakeOllama) -> None:
     body = request.body
     assert body["model"] == "llama3.2" and body["stream"] is False
     assert body["options"]["num_ctx"] == 4096
-    system, user = body["messages"]
-    assert system["role"] == "system" and "[1]" in system["content"]
-    assert user["content"] == (
-        "Sources:\n[1] Aspirin inhibits platelet aggregation.\n"
-        "[2] Paris is the capital of France.\n\nQuestion: What does aspirin do?"
-    )
+    user = body["messages"][-1]["content"]
+    assert "[1] Aspirin inhibits platelet aggregation.\n" in user
+    assert "[2] Paris is the capital of France." in user and "[1], [2]" in user
+    assert "Question: What does aspirin do?" in user
     assert llm.request_timeout == 5.0
 
 
@@ -426,24 +443,17 @@ def test_llm_streams_and_asks_the_server_for_its_context(ollama_server: FakeOlla
     assert [r.path for r in ollama_server.requests] == ["/api/show", "/api/chat"]
 
 
-def test_no_sources_means_no_llm_call(ollama_server: FakeOllama) -> None:
-    llm = build_ollama_llm(model="llama3.2", base_url=ollama_server.url)
-
-    assert synthesize_answer(llm, "anything?", []) == NO_SOURCES_ANSWER
-    assert ollama_server.requests == []
-
-
 def test_llm_missing_model_says_to_pull_it(ollama_server: FakeOllama) -> None:
     llm = build_ollama_llm(model="nope-chat", base_url=ollama_server.url, context_window=2048)
 
     with pytest.raises(OllamaError, match=r"has no model 'nope-chat': run `ollama pull nope-chat`"):
-        synthesize_answer(llm, "q", NODES)
+        _ask(llm, "q", NODES)
 
 
 def test_llm_server_down_and_timeout(ollama_server: FakeOllama) -> None:
     down = build_ollama_llm(model="llama3.2", base_url=f"127.0.0.1:{closed_port()}")
     with pytest.raises(OllamaError, match=r"ollama serve.*llm\.base_url"):
-        synthesize_answer(down, "q", NODES)
+        _ask(down, "q", NODES)
 
     ollama_server.hang_next(10.0)
     slow = build_ollama_llm(
@@ -451,7 +461,7 @@ def test_llm_server_down_and_timeout(ollama_server: FakeOllama) -> None:
     )
     start = time.perf_counter()
     with pytest.raises(OllamaError, match=r"within 0\.5 s .*llm\.timeout_s"):
-        synthesize_answer(slow, "q", NODES)
+        _ask(slow, "q", NODES)
     assert time.perf_counter() - start < 2.0
 
 
@@ -463,7 +473,7 @@ def test_global_settings_stay_untouched(ollama_server: FakeOllama) -> None:
     )
     nodes = index.as_retriever(similarity_top_k=1).retrieve("aspirin")
 
-    synthesize_answer(llm, "What does aspirin do?", nodes)
+    _ask(llm, "What does aspirin do?", nodes)
 
     assert Settings._llm is None
     assert Settings._embed_model is None

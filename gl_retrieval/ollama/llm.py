@@ -1,11 +1,12 @@
-"""Answer generation: building the LLM and turning retrieved nodes into an answer.
+"""The Ollama chat LLM: built from the config with a request timeout, its errors made one line.
+
+Answers are written by :mod:`gl_retrieval.answers` (LlamaIndex's engines).
 
 The LLM is always passed explicitly; LlamaIndex's global ``Settings.llm`` is never read or set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
@@ -15,22 +16,10 @@ from gl_retrieval.ollama.client import ollama_errors, resolve_base_url
 
 if TYPE_CHECKING:
     from llama_index.core.llms import LLM
-    from llama_index.core.schema import BaseNode, NodeWithScore
     from llama_index.llms.ollama import Ollama
 
-__all__ = [
-    "NO_SOURCES_ANSWER",
-    "build_ollama_llm",
-    "build_prompt",
-    "ollama_llm_errors",
-    "synthesize_answer",
-]
+__all__ = ["NO_SOURCES_ANSWER", "build_ollama_llm", "ollama_llm_errors"]
 
-_SYSTEM_PROMPT = (
-    "You answer questions using only the numbered sources you are given. "
-    "Cite the sources you use as [1], [2], ... "
-    "If the sources do not contain the answer, say that you do not know."
-)
 NO_SOURCES_ANSWER = "No relevant sources were found, so there is nothing to answer from."
 
 
@@ -107,88 +96,3 @@ def ollama_llm_errors(llm: LLM) -> AbstractContextManager[None]:
         timeout_s=float(llm.request_timeout),  # type: ignore[attr-defined]
         setting_prefix="llm",
     )
-
-
-def build_prompt(
-    question: str,
-    nodes: Sequence[NodeWithScore | BaseNode],
-    *,
-    max_source_chars: int = 1200,
-) -> str:
-    """The user message: numbered sources, then the question.
-
-    Args:
-        question: What the user asked.
-        nodes: Retrieved nodes, best first; each becomes source ``[i]``.
-        max_source_chars: Longest text kept per source (cut at a word boundary, marked ``…``).
-
-    Returns:
-        The prompt text.
-
-    Example:
-        >>> from llama_index.core.schema import TextNode
-        >>> print(build_prompt("Why?", [TextNode(text="Because.")]))
-        Sources:
-        [1] Because.
-        <BLANKLINE>
-        Question: Why?
-    """
-    from llama_index.core.schema import MetadataMode, NodeWithScore
-
-    if max_source_chars <= 0:
-        raise ConfigError(f"max_source_chars must be > 0, but got {max_source_chars}")
-    lines = ["Sources:"]
-    for i, item in enumerate(nodes, start=1):
-        node = item.node if isinstance(item, NodeWithScore) else item
-        text = " ".join(node.get_content(metadata_mode=MetadataMode.NONE).split())
-        if len(text) > max_source_chars:
-            text = text[:max_source_chars].rsplit(" ", 1)[0] + " …"
-        lines.append(f"[{i}] {text}")
-    lines += ["", f"Question: {question.strip()}"]
-    return "\n".join(lines)
-
-
-def synthesize_answer(
-    llm: LLM,
-    question: str,
-    nodes: Sequence[NodeWithScore | BaseNode],
-    *,
-    max_source_chars: int = 1200,
-    system_prompt: str = _SYSTEM_PROMPT,
-) -> str:
-    """Answer ``question`` from the retrieved ``nodes`` with one chat call to ``llm``.
-
-    Args:
-        llm: The LLM to call (passed explicitly; ``Settings.llm`` is never used).
-        question: What the user asked.
-        nodes: Retrieved nodes, best first; cited as ``[1]``, ``[2]``, ...
-        max_source_chars: Longest text kept per source.
-        system_prompt: Instructions sent as the system message.
-
-    Returns:
-        The answer text. With no nodes, a fixed "no sources" sentence and no LLM call.
-
-    Raises:
-        OllamaError: The Ollama server is down, lacks the model, timed out or failed.
-
-    Example:
-        >>> from llama_index.core.llms import MockLLM
-        >>> from llama_index.core.schema import TextNode
-        >>> answer = synthesize_answer(MockLLM(), "Why?", [TextNode(text="Because.")])
-        >>> isinstance(answer, str)
-        True
-    """
-    from llama_index.core.llms import ChatMessage, MessageRole
-
-    if not nodes:
-        return NO_SOURCES_ANSWER
-    messages = [
-        ChatMessage(role=MessageRole.SYSTEM, content=system_prompt),
-        ChatMessage(
-            role=MessageRole.USER,
-            content=build_prompt(question, nodes, max_source_chars=max_source_chars),
-        ),
-    ]
-    with ollama_llm_errors(llm):
-        response = llm.chat(messages)
-    return (response.message.content or "").strip()
