@@ -386,3 +386,30 @@ def test_remote_stream_error_mid_stream_is_a_remote_error(slow: tuple[Any, SlowL
             for delta in stream:
                 got.append(delta)
         assert got == ["t0 "]
+
+
+def test_an_openai_like_llm_behind_both_routes(
+    index_dir: Path, minilm_embedder: Any, openai_server: Any
+) -> None:
+    """The service is provider-agnostic: an OpenAI-compatible LLM server (vLLM, llama.cpp,
+    LM Studio) answers /v1/chat/completions, streamed and not, and the SSE /v1/ask."""
+    llm = {"provider": "openai_like", "model": "local-model", "base_url": openai_server.url}
+    cfg = parse_config(_config(index_dir, llm=llm, serve={"api_key": KEY}))
+    with running_server(cfg, pipeline=RetrievalPipeline(cfg, embedder=minilm_embedder)) as server:
+        client = _client(server)
+        messages = [{"role": "user", "content": QUESTION}]
+        reply = client.chat.completions.create(model="rag", messages=messages, max_tokens=32)
+        assert reply.choices[0].message.content and reply.model_extra["sources"]
+        chunks = list(client.chat.completions.create(model="rag", messages=messages, stream=True))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == reply.choices[0].message.content
+        with httpx.stream(
+            "POST",
+            f"{server.url}/v1/ask",
+            json={"question": QUESTION, "stream": True},
+            headers=AUTH,
+            timeout=30,
+        ) as r:
+            events = list(_events(r))
+        assert events[0][0] == "token" and events[-1][0] == "done"
+        assert events[-1][1]["sources"][0]["doc_id"] == "pg"
