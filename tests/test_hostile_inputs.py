@@ -312,6 +312,13 @@ ROWS = [
     # -- queries and filters, refused before any model loads ------------------------------------
     Row("query-20k-chars", query("q" * 20_000, needles=["20,000 characters", "10,000"]), 2),
     Row("query-nul", query("a\0b", needles=["NUL"]), 2),
+    # a non-UTF-8 byte on the command line arrives as a lone surrogate (issue 24 item 1)
+    Row("query-lone-surrogate", query("wing \udcff", needles=["lone surrogate", "UTF-8"]), 2),
+    Row(
+        "ask-lone-surrogate",
+        lambda tmp, base: (["ask", _config(tmp, base), "wing \udcff"], ["lone surrogate"]),
+        2,
+    ),
     Row("query-empty", query("   ", needles=["non-empty"]), 2),
     Row("query-top-k-huge", query("x", "--top-k", "1000000000", needles=["--top-k"]), 2),
     Row("query-top-k-negative", query("x", "--top-k", "-3", needles=["--top-k"]), 2),

@@ -17,7 +17,33 @@ from typing import Any
 from gl_retrieval.config import limits
 from gl_retrieval.errors import QueryError
 
-__all__ = ["check_depth", "check_query"]
+__all__ = ["check_depth", "check_query", "check_utf8"]
+
+
+def check_utf8(text: str, what: str) -> None:
+    """Raise :class:`QueryError` naming ``what`` when ``text`` cannot be encoded as UTF-8.
+
+    A lone UTF-16 surrogate (``"\\ud800"``: valid JSON, or a command-line byte that is not
+    UTF-8) is a Python ``str`` but no text: tokenizers raise ``TypeError`` on it. It is refused
+    here, before any model runs.
+
+    Example:
+        >>> try:
+        ...     check_utf8("wing \\udcff", "query")
+        ... except QueryError as e:
+        ...     print(str(e)[:60])
+        query holds a character that is not valid text (a lone surro
+    """
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start]
+        raise QueryError(
+            f"{what} holds a character that is not valid text (a lone surrogate {bad!r} at "
+            f"position {e.start}): send UTF-8 text"
+        ) from None
 
 
 def check_query(query: Any) -> str:
@@ -25,7 +51,8 @@ def check_query(query: Any) -> str:
 
     Raises:
         QueryError: not a string, empty or only whitespace, longer than
-            :data:`~gl_retrieval.config.limits.QUERY_CHARS`, or holding a NUL character.
+            :data:`~gl_retrieval.config.limits.QUERY_CHARS`, holding a NUL character, or
+            not encodable as UTF-8 (a lone surrogate).
     """
     if not isinstance(query, str):
         raise QueryError(f"a query must be text, but got {type(query).__name__}")
@@ -39,6 +66,7 @@ def check_query(query: Any) -> str:
         )
     if "\0" in query:
         raise QueryError("the query contains a NUL character: remove it")
+    check_utf8(query, "the query")
     return query
 
 

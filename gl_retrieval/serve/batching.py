@@ -4,7 +4,8 @@ Requests on the event loop :meth:`MicroBatcher.submit` a payload and await its r
 worker thread (one by default, or ``workers`` side by side) takes everything that is waiting,
 up to ``max_cost`` (texts or tokens), and waits at most ``max_wait_s`` for more while other
 requests are on their way. It runs one model call for the whole batch and hands each request
-its share. Model work never runs on the event
+its share; when that call fails, the batch is retried in halves until the one item that
+fails alone is found, and only its request gets the error. Model work never runs on the event
 loop, so ``/healthz`` and ``/metrics`` answer while a batch runs.
 
 Example:
@@ -197,21 +198,46 @@ class MicroBatcher:
             batch = self._collect(first)
             started = time.perf_counter()
             waits = [started - it.enqueued for it in batch]
-            try:
-                results = list(self._fn([it.payload for it in batch]))
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"{self.name} batch returned {len(results)} results for {len(batch)} items"
-                    )
-                error: BaseException | None = None
-            except Exception as e:  # handed to each waiting request, never kills the worker
-                log.warning("%s batch of %d failed: %s", self.name, len(batch), e)
-                results, error = [None] * len(batch), e
-            for it, res in zip(batch, results, strict=True):
-                with contextlib.suppress(RuntimeError):  # the loop closed
-                    it.loop.call_soon_threadsafe(_deliver, it.future, res, error)
+            self._answer(batch)
             if self._observe is not None:
                 self._observe(len(batch), sum(it.cost for it in batch), waits)
+
+    def _call(self, batch: list[_Item]) -> list[Any]:
+        results = list(self._fn([it.payload for it in batch]))
+        if len(results) != len(batch):
+            raise RuntimeError(
+                f"{self.name} batch returned {len(results)} results for {len(batch)} items"
+            )
+        return results
+
+    def _answer(self, batch: list[_Item]) -> None:
+        """Run ``batch`` and hand each item its result. When the merged call fails, the batch
+        is split in halves and each half retried, down to the single item that fails alone:
+        only that request gets the error, never a request that would have succeeded alone
+        (a bad item in a batch of n costs about 2·log2(n) extra, smaller calls)."""
+        try:
+            results: list[Any] = self._call(batch)
+            error: BaseException | None = None
+        except Exception as e:  # never kills the worker
+            if len(batch) > 1:
+                live = [it for it in batch if not it.future.done()]
+                log.warning(
+                    "%s batch of %d failed (%s: %s): retrying it in halves",
+                    self.name,
+                    len(batch),
+                    type(e).__name__,
+                    e,
+                )
+                half = (len(live) + 1) // 2
+                for part in (live[:half], live[half:]):
+                    if part:
+                        self._answer(part)
+                return
+            log.warning("%s item failed alone: %s: %s", self.name, type(e).__name__, e)
+            results, error = [None], e
+        for it, res in zip(batch, results, strict=True):
+            with contextlib.suppress(RuntimeError):  # the loop closed
+                it.loop.call_soon_threadsafe(_deliver, it.future, res, error)
 
 
 def split_by_length(lengths: Sequence[int], *, call_cost: int) -> list[list[int]]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gl_retrieval.retrieval.queries import check_utf8
 
 __all__ = [
     "AskRequest",
@@ -22,7 +24,34 @@ __all__ = [
 Filters = list[str] | dict[str, Any] | str | None
 
 
-class _Body(BaseModel):
+def _check_text(value: Any, path: str) -> None:
+    """Refuse (ValueError, so 422) any string in a body that cannot be encoded as UTF-8: a lone
+    surrogate such as ``"\\ud800"`` is valid JSON, but no model can read it (tokenizers raise
+    ``TypeError``). ``path`` names the field, as ``input.3``."""
+    if isinstance(value, str):
+        check_utf8(value, path or "the body")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            name = f"{path}.{k}" if path else str(k)
+            check_utf8(str(k), f"a key of {path or 'the body'}")
+            _check_text(v, name)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_text(v, f"{path}.{i}")
+
+
+class _Text(BaseModel):
+    """Every request body: each of its strings must be encodable as UTF-8 (else 422 naming
+    the field), checked at the edge so that one bad text never reaches a merged batch."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _utf8(cls, data: Any) -> Any:
+        _check_text(data, "")
+        return data
+
+
+class _Body(_Text):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -53,7 +82,7 @@ class AskRequest(_Options):
     )
 
 
-class ChatMessageIn(BaseModel):
+class ChatMessageIn(_Text):
     """One message of OpenAI's chat schema: text content only."""
 
     model_config = ConfigDict(extra="ignore")
@@ -64,7 +93,7 @@ class ChatMessageIn(BaseModel):
     )
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(_Text):
     """OpenAI's ``POST /v1/chat/completions`` body, plus ``top_k``, ``top_n`` and ``filters``
     (the ``openai`` client sends them with ``extra_body``). Other OpenAI fields are ignored."""
 
@@ -92,7 +121,7 @@ class IndexRequest(_Body):
     prune: bool = Field(default=False, description="Remove documents gone from the sources.")
 
 
-class EmbeddingsRequest(BaseModel):
+class EmbeddingsRequest(_Text):
     """OpenAI's ``POST /v1/embeddings`` body, plus ``input_type``."""
 
     model_config = ConfigDict(extra="ignore")
@@ -109,7 +138,7 @@ class EmbeddingsRequest(BaseModel):
     )
 
 
-class TEIEmbedRequest(BaseModel):
+class TEIEmbedRequest(_Text):
     """text-embeddings-inference's ``POST /embed`` body."""
 
     model_config = ConfigDict(extra="ignore")
@@ -122,7 +151,7 @@ class TEIEmbedRequest(BaseModel):
     )
 
 
-class TEIRerankRequest(BaseModel):
+class TEIRerankRequest(_Text):
     """text-embeddings-inference's ``POST /rerank`` body."""
 
     model_config = ConfigDict(extra="ignore")
