@@ -65,7 +65,7 @@ def test_sigterm_stops_accepting_drains_in_flight_and_exits_0(
         body = json.dumps({"query": "which model reads query and passage together?"}).encode()
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall(
-            b"POST /v1/query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/query HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body[:10]
         )

@@ -356,6 +356,11 @@ class SourceConfig(_Strict):
         description="A directory or a .jsonl file; relative to the config file's folder."
     )
     glob: str | None = Field(default=None, description="Directory only: e.g. '**/*.md'.")
+    follow_symlinks: bool = Field(
+        default=False,
+        description="Directory only: read symlinks whose target is outside the directory "
+        "(by default each is skipped with a note in the index summary).",
+    )
 
 
 class ChunkingConfig(_Strict):
@@ -541,6 +546,13 @@ class ServeConfig(_Strict):
     max_body_bytes: int = Field(
         default=1_000_000, gt=0, description="Larger request bodies get 413."
     )
+    body_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="A request body must arrive whole within this many seconds (408 past it); "
+        "bodies are read before a request takes an admission slot, so slow senders hold none.",
+    )
     max_query_chars: int = Field(
         default=4096, gt=0, description="Longer queries (or embedding inputs) get 422."
     )
@@ -553,7 +565,15 @@ class ServeConfig(_Strict):
         "$GL_RETRIEVAL_API_KEY. Never logged.",
     )
     cors_origins: tuple[str, ...] = Field(
-        default=(), description="Origins allowed by CORS; empty: CORS off."
+        default=(),
+        description="Origins allowed by CORS; empty: CORS off. A request whose Origin is "
+        "neither listed nor the server itself gets 403.",
+    )
+    allowed_hosts: tuple[str, ...] | None = Field(
+        default=None,
+        description="Host header names the server answers (a port is ignored; '*.example.com' "
+        "matches subdomains, '*' any); others get 400 (DNS rebinding). null: the loopback "
+        "names (localhost, 127.0.0.1, ::1) when bound to loopback, any host otherwise.",
     )
     reload_interval_s: float = Field(
         default=2.0,

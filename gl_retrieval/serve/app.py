@@ -27,12 +27,19 @@ from gl_retrieval.serve.service import RetrievalService  # noqa: E402
 __all__ = ["build_app"]
 
 
-def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastAPI:
+def build_app(
+    service: RetrievalService,
+    *,
+    api_key: str | None = None,
+    allowed_hosts: tuple[str, ...] | None = None,
+) -> FastAPI:
     """The HTTP app over a started :class:`RetrievalService`.
 
     Args:
         service: The service (models and index loaded).
         api_key: Bearer key every route but ``/healthz`` and ``/readyz`` needs; None: open.
+        allowed_hosts: ``Host`` names answered; None: ``serve.allowed_hosts``, and when that
+            is unset too, any (``create_server`` passes the loopback names on a loopback bind).
     """
     cfg = service.config
     app = FastAPI(
@@ -56,7 +63,8 @@ def build_app(service: RetrievalService, *, api_key: str | None = None) -> FastA
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(Guard, service=service, api_key=api_key)
+    hosts = allowed_hosts if allowed_hosts is not None else cfg.allowed_hosts
+    app.add_middleware(Guard, service=service, api_key=api_key, allowed_hosts=hosts)
     return app
 
 

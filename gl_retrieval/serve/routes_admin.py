@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from gl_retrieval.errors import IndexNotFoundError
@@ -58,11 +58,17 @@ def add_admin_routes(app: FastAPI, service: RetrievalService) -> None:
         return {"status": "ok"}
 
     @app.get("/readyz", summary="503 until models and an index are loaded")
-    async def readyz() -> Any:
+    async def readyz(request: Request) -> Any:
+        # Open to probes: a status word only. The detail (paths, the recovery command, the
+        # generation) is for ?detail, which the Guard puts behind the Host check and the key.
+        detail = "detail" in request.query_params
         if not service.ready:
-            return error_response(
-                503, "not_ready", service.last_reload_error or "no index generation loaded yet"
-            )
+            message = service.last_reload_error or "no index generation loaded yet"
+            if not detail:
+                message = "not ready (GET /readyz?detail with the API key says why)"
+            return error_response(503, "not_ready", message)
+        if not detail:
+            return {"status": "ready"}
         return {"status": "ready", "generation": service.pipe.generation}
 
     @app.get("/metrics", summary="Prometheus metrics")

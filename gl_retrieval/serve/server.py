@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from gl_retrieval._deps import require
 from gl_retrieval.config import PipelineConfig, ServeConfig
-from gl_retrieval.errors import ConfigError
+from gl_retrieval.errors import ConfigError, GLRetrievalError
 
-__all__ = ["API_KEY_ENV", "api_key_for", "check_bind", "create_server", "is_loopback"]
+__all__ = [
+    "API_KEY_ENV",
+    "LOOPBACK_NAMES",
+    "allowed_hosts_for",
+    "api_key_for",
+    "check_bind",
+    "check_port_free",
+    "create_server",
+    "is_loopback",
+]
 
 #: Environment variable read when the config has no ``serve.api_key``.
 API_KEY_ENV = "GL_RETRIEVAL_API_KEY"
+#: The ``Host`` names a loopback-bound server answers when ``serve.allowed_hosts`` is unset.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 log = logging.getLogger("gl_retrieval.serve")
 
@@ -40,6 +53,23 @@ def api_key_for(cfg: ServeConfig) -> str | None:
     return os.environ.get(API_KEY_ENV) or None
 
 
+def allowed_hosts_for(cfg: ServeConfig, host: str) -> tuple[str, ...] | None:
+    """``serve.allowed_hosts``; unset, the loopback names (and ``host``) on a loopback bind, so
+    that a page that rebinds its own name to 127.0.0.1 is refused; else None (any Host).
+
+    Example:
+        >>> allowed_hosts_for(ServeConfig(), "127.0.0.1")
+        ('localhost', '127.0.0.1', '::1')
+        >>> allowed_hosts_for(ServeConfig(), "0.0.0.0") is None
+        True
+    """
+    if cfg.allowed_hosts is not None:
+        return cfg.allowed_hosts
+    if is_loopback(host):
+        return LOOPBACK_NAMES if host in LOOPBACK_NAMES else (*LOOPBACK_NAMES, host)
+    return None
+
+
 def check_bind(host: str, *, api_key: str | None, insecure: bool) -> None:
     """Refuse a non-loopback address without an API key, unless ``insecure``.
 
@@ -51,6 +81,40 @@ def check_bind(host: str, *, api_key: str | None, insecure: bool) -> None:
             f"refusing to serve on {host} without an API key: set serve.api_key or "
             f"${API_KEY_ENV}, bind 127.0.0.1, or pass --insecure"
         )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail fast when ``host:port`` is already taken, before any model loads.
+
+    Binds (and closes at once) a socket to each address ``host`` resolves to, with the
+    options uvicorn's listener uses (``SO_REUSEADDR``, IPv6-only), so a port in TIME_WAIT
+    passes and a port another process listens on does not. Port 0 (any free port) is not
+    checked. Other bind errors are left to uvicorn, which reports them as it always has.
+
+    Raises:
+        GLRetrievalError: the port is in use (the CLI exits 1 with that one line).
+    """
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError:
+        return  # an unresolvable host: uvicorn's own error says so
+    for family, kind, proto, _name, addr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise GLRetrievalError(
+                        f"port {port} on {host} is already in use (another `gl-retrieval "
+                        f"serve`?): stop what listens there, or pass another --port"
+                    ) from None
 
 
 def create_server(
@@ -78,6 +142,7 @@ def create_server(
 
     Raises:
         ConfigError: a non-loopback bind without a key, or a bad config.
+        GLRetrievalError: ``port`` is already in use on ``host``.
     """
     uvicorn = require("uvicorn", extra="serve")
     from gl_retrieval.pipeline import RetrievalPipeline
@@ -87,6 +152,7 @@ def create_server(
     scfg = config.serve or ServeConfig()
     key = api_key_for(scfg)
     check_bind(host, api_key=key, insecure=insecure)
+    check_port_free(host, port)  # before the models load: a taken port fails in a second
     if pipeline is None and config.runtime.threads == "auto":
         from gl_retrieval.models.runtimes import serve_threads
         from gl_retrieval.serve.service import embed_workers_for
@@ -106,7 +172,7 @@ def create_server(
     service = RetrievalService(pipe, scfg).start()
     if not service.ready:
         log.warning("no index is loaded yet (%s); /readyz answers 503", service.last_reload_error)
-    app = build_app(service, api_key=key)
+    app = build_app(service, api_key=key, allowed_hosts=allowed_hosts_for(scfg, host))
     uv_config = uvicorn.Config(
         app,
         host=host,
