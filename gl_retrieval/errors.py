@@ -121,10 +121,15 @@ class IndexDamagedError(StorageError):
     """A file of the persisted index is damaged: wrong size or checksum, unreadable JSON, NaN.
 
     The message names the file and how to recover (rebuild, or fall back to an intact older
-    generation). ``path`` is the damaged file, ``problem`` what is wrong with it.
+    generation). ``path`` is the damaged file, ``problem`` what is wrong with it, and
+    ``generation`` the generation it was found in, when known (a query that met a non-finite
+    score knows the generation, not the file: its message says to run ``gl-retrieval verify``).
     """
 
-    def __init__(self, message: str, *, path: str = "", problem: str = "") -> None:
+    def __init__(
+        self, message: str, *, path: str = "", problem: str = "", generation: str | None = None
+    ) -> None:
         super().__init__(message)
         self.path = path
         self.problem = problem
+        self.generation = generation

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -26,7 +27,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQuery
 
 from gl_retrieval.config import RetrieverConfig
-from gl_retrieval.errors import ConfigError
+from gl_retrieval.errors import ConfigError, EmbeddingError, IndexDamagedError
 from gl_retrieval.retrieval.filters import metadata_schema
 from gl_retrieval.retrieval.lexical import chunk_metadata, iter_chunks, lexical_index
 from gl_retrieval.retrieval.results import RankedNode, retrieval_kind
@@ -36,6 +37,7 @@ __all__ = [
     "FirstStageRetriever",
     "bm25_hits",
     "bm25_scored",
+    "check_finite",
     "convex_fuse",
     "dense_hits",
     "first_stage",
@@ -221,6 +223,11 @@ def dense_hits(
     """
     index = handle.index
     vec = embedding.tolist() if isinstance(embedding, np.ndarray) else [float(x) for x in embedding]
+    if not all(map(math.isfinite, vec)):
+        raise EmbeddingError(
+            "the embedder returned a query vector holding NaN or infinity: its weights or its "
+            "runtime are broken (check the model files, or load the model again)"
+        )
     query = VectorStoreQuery(
         query_embedding=vec,
         similarity_top_k=top_k,
@@ -234,7 +241,27 @@ def dense_hits(
         if node.node_id not in seen:  # BaseRetriever drops repeated ids
             seen.add(node.node_id)
             hits.append(NodeWithScore(node=node, score=None if sims is None else sims[i]))
+    check_finite(handle, hits)
     return hits
+
+
+def check_finite(handle: IndexHandle, hits: Sequence[NodeWithScore]) -> None:
+    """Raise :class:`IndexDamagedError` when a hit's score is NaN or infinite.
+
+    A finite query vector scored against intact vectors is finite, so a non-finite score means
+    the stored vectors are damaged (overwritten in place, a bad disk): the first stage checks
+    every hit, so no surface ever returns such a score (JSON cannot even carry it).
+    """
+    for h in hits:
+        if h.score is not None and not math.isfinite(h.score):
+            raise IndexDamagedError(
+                f"index generation {handle.generation} gave the non-finite score {h.score} "
+                f"to chunk {h.node.node_id!r}: its stored vectors are damaged. Run `gl-retrieval "
+                "verify CONFIG` to find the damaged file and how to recover (an intact older "
+                "generation, or `gl-retrieval index CONFIG --rebuild`)",
+                problem="a non-finite similarity score",
+                generation=handle.generation,
+            )
 
 
 def first_stage(
@@ -289,6 +316,7 @@ def first_stage(
         else:
             lexical = bm25_scored(storage, handle, query, top_k=depth, filters=filters)
             hits = fuse_hits(handle, cfg, dense, lexical, top_k=top_k)
+            check_finite(handle, hits)  # the dense side was checked; this is the fused score
         out.append([RankedNode.from_retrieved(h, kind=kind) for h in hits])
     return out
 

@@ -21,12 +21,14 @@ from gl_retrieval.config import ServeConfig
 from gl_retrieval.errors import (
     FilterError,
     GLRetrievalError,
+    IndexDamagedError,
     IndexMismatchError,
     IndexNotFoundError,
     LLMError,
     LLMNotConfiguredError,
     OllamaError,
     QueryError,
+    StorageError,
 )
 from gl_retrieval.serve.batching import Overloaded
 from gl_retrieval.serve.service import JobRunning
@@ -41,6 +43,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("gl_retrieval.serve")
+
+#: ``Retry-After`` of a storage outage's 503: the watcher probes the store every
+#: ``serve.reload_interval_s`` and the replica is ready again at the first probe that answers.
+STORAGE_RETRY_AFTER_S = 2
 
 
 class APIError(Exception):
@@ -76,6 +82,10 @@ def status_of(e: BaseException) -> tuple[int, str, dict[str, str] | None]:
         return 422, "invalid_request", None
     if isinstance(e, (IndexNotFoundError, IndexMismatchError)):
         return 503, "not_ready", {"Retry-After": "5"}
+    if isinstance(e, IndexDamagedError):  # another replica (or a rebuilt generation) can answer
+        return 503, "index_damaged", {"Retry-After": "5"}
+    if isinstance(e, StorageError):  # the store is unreachable: the outage may end any second
+        return 503, "storage_unavailable", {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
     if isinstance(e, (OllamaError, LLMError)):
         return 502, "upstream_error", None
     return 500, "internal_error", None

@@ -211,5 +211,16 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def check_space(self, handle: IndexHandle, *, adding_bytes: int) -> None:
+        """Check, before the embedding starts, that a commit of ``handle`` grown by about
+        ``adding_bytes`` fits where this storage writes (a full disk found up front, not after
+        the work).
+
+        Raises:
+            StorageError: it does not fit; the message names the path, the bytes needed and
+                free, and what to do.
+        """
+
+    @abc.abstractmethod
     def commit(self, handle: IndexHandle) -> None:
         """Make ``handle`` the committed index, atomically (and set ``handle.generation``)."""

@@ -24,6 +24,7 @@ raises :class:`~gl_retrieval.errors.IndexDamagedError` naming the file and the w
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -538,6 +539,22 @@ class LocalStorage(Storage):
                 self._writing = False
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    def check_space(self, handle: IndexHandle, *, adding_bytes: int) -> None:
+        """A commit writes a whole new generation beside the committed one: the free space
+        must hold the size of the generation ``handle`` was loaded from plus ``adding_bytes``."""
+        gen = handle.extras.get("dir")
+        need = max(0, adding_bytes) + (_tree_bytes(gen) if gen is not None else 0)
+        where = self.persist_dir
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        free = shutil.disk_usage(where).free
+        if free < need:
+            raise StorageError(
+                f"not enough free space for the index at {self.persist_dir}: the new generation "
+                f"needs about {_mib(need)} and the disk holding it has {_mib(free)} free; "
+                "free some space, or point storage.persist_dir at a larger disk"
+            )
+
     def commit(self, handle: IndexHandle) -> None:
         if handle.manifest is None:
             raise StorageError("cannot commit an index without a manifest")
@@ -550,6 +567,37 @@ class LocalStorage(Storage):
         number = int(_NAME.match(gens[-1].name).group(1)) + 1 if gens else 1  # type: ignore[union-attr]
         tmp = self.persist_dir / f".tmp-gen-{number:06d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            final = self._write_generation(handle, handle.manifest, tmp, number)
+        except Exception as e:
+            # Nothing half-written stays behind (a full disk, any error): the committed
+            # generation is untouched, and the space is given back now, not at the next run.
+            # (A crash leaves it to the next run, which removes the temporaries.)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageError(
+                    f"the disk holding {self.persist_dir} is full (or over quota): writing the "
+                    f"new generation failed with {e.strerror or e}"
+                    + (f" on {e.filename}" if e.filename else "")
+                    + "; nothing was committed and the index is as it was. Free some space, "
+                    "or point storage.persist_dir at a larger disk"
+                ) from None
+            raise
+        handle.extras["dir"] = final
+        handle.generation = final.name
+        old = handle.extras.get("lease")
+        handle.extras["lease"] = _Lease(final)
+        if old is not None:
+            old.release()
+        keep = {final, *([previous] if previous is not None and self.keep_previous else [])}
+        self._remove_stale([g for g in self.generations() if g not in keep])
+
+    def _write_generation(
+        self, handle: IndexHandle, next_manifest: Manifest, tmp: Path, number: int
+    ) -> Path:
+        """Write ``handle`` (whose manifest is ``next_manifest``) into ``tmp``, seal and sync it,
+        rename it to its generation name and point ``CURRENT`` at it; the new generation's
+        directory. On a failure before ``CURRENT`` names it, it is back at ``tmp``."""
         tmp.mkdir()
         handle.storage_context.persist(persist_dir=str(tmp), vector_store_fname=VECTOR_STORE_FNAME)
         for hook in handle.extras.get("persist_hooks", ()):
@@ -558,9 +606,9 @@ class LocalStorage(Storage):
         # Last: the manifest, with the size and checksum of every file written above.
         store: EmbeddedVectorStore = handle.vector_store
         kinds = store.metadata_schema()
-        handle.manifest.metadata_schema = {k: sorted(v) for k, v in sorted(kinds.items())}
-        handle.extras.update(_recorded_schema(handle.manifest))
-        manifest = seal(handle.manifest.to_dict(), record_files(tmp))
+        next_manifest.metadata_schema = {k: sorted(v) for k, v in sorted(kinds.items())}
+        handle.extras.update(_recorded_schema(next_manifest))
+        manifest = seal(next_manifest.to_dict(), record_files(tmp))
         name = f"gen-{number:06d}-{manifest['integrity']['digest'][:8]}"
         (tmp / MANIFEST).write_text(manifest_json(manifest), encoding="utf-8")
         for f in tmp.rglob("*"):
@@ -572,16 +620,17 @@ class LocalStorage(Storage):
         fsync_dir(tmp)
         final = self.persist_dir / name
         os.rename(tmp, final)
-        fsync_dir(self.persist_dir)
-        atomic_write_text(self.persist_dir / CURRENT, name + "\n")
-        handle.extras["dir"] = final
-        handle.generation = final.name
-        old = handle.extras.get("lease")
-        handle.extras["lease"] = _Lease(final)
-        if old is not None:
-            old.release()
-        keep = {final, *([previous] if previous is not None and self.keep_previous else [])}
-        self._remove_stale([g for g in self.generations() if g not in keep])
+        try:
+            fsync_dir(self.persist_dir)
+            atomic_write_text(self.persist_dir / CURRENT, name + "\n")
+        except Exception:
+            committed = ""
+            with contextlib.suppress(OSError):
+                committed = (self.persist_dir / CURRENT).read_text(encoding="ascii")
+            if committed != name + "\n":
+                os.rename(final, tmp)  # not committed: the caller removes it
+            raise
+        return final
 
     def _remove_temporaries(self) -> None:
         for p in self.persist_dir.iterdir():
@@ -608,6 +657,15 @@ class LocalStorage(Storage):
                 shutil.rmtree(dead, ignore_errors=True)
             finally:
                 os.close(fd)
+
+
+def _tree_bytes(root: Path) -> int:
+    """The bytes of the files under ``root``."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
 
 
 def _recorded_schema(manifest: Manifest) -> dict[str, Any]:

@@ -503,6 +503,10 @@ class PostgresStorage(Storage):
         finally:
             conn.close()
 
+    def check_space(self, handle: IndexHandle, *, adding_bytes: int) -> None:
+        """Nothing to check here: the server's disk is the server's (a full one fails the
+        commit's transaction, which leaves the committed index as it was)."""
+
     def commit(self, handle: IndexHandle) -> None:
         """Apply the handle's staged writes, its documents and manifest in one transaction.
 
