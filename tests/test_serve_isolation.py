@@ -136,3 +136,51 @@ def test_honest_clients_never_fail_beside_a_bad_text_sender(served: Any) -> None
     asyncio.run(main())
     assert codes and set(codes) == {200}, {k: codes.count(k) for k in set(codes)}
     assert bad_codes and set(bad_codes) == {422}
+
+
+# -- heavy requests are admitted by their cost: fast 503s, and light queries keep flowing -------
+
+LONG = " ".join(["retrieval index vector dense sparse query rerank model token chunk"] * 30)
+
+
+def test_a_burst_of_heavy_embeddings_gets_fast_503s_while_light_queries_flow(served: Any) -> None:
+    """6 concurrent /v1/embeddings of 16 x 300-word texts (the issue's 32 x 256, scaled to a
+    test): one is admitted, the rest get 503 + Retry-After at once, and a light query stream
+    alongside keeps answering 200 within the wait budget. Before: every heavy request was
+    admitted, and the light queries waited behind them all (or got 504)."""
+    light: list[tuple[int, float]] = []
+    heavy: list[tuple[int, float, str | None]] = []
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=60) as c:
+            for i in range(20):  # teach it the light rate
+                await c.post(served.url + "/v1/query", json={"query": f"warm {i}"})
+            done = asyncio.Event()
+
+            async def light_stream() -> None:
+                while not done.is_set():
+                    t0 = time.perf_counter()
+                    r = await c.post(served.url + "/v1/query", json={"query": "a vector index"})
+                    light.append((r.status_code, time.perf_counter() - t0))
+                    await asyncio.sleep(0.05)
+
+            async def one() -> None:
+                t0 = time.perf_counter()
+                r = await c.post(served.url + "/v1/embeddings", json={"input": [LONG] * 16})
+                heavy.append(
+                    (r.status_code, time.perf_counter() - t0, r.headers.get("retry-after"))
+                )
+
+            stream = asyncio.ensure_future(light_stream())
+            await asyncio.sleep(0.2)
+            await asyncio.gather(*(one() for _ in range(6)))
+            done.set()
+            await stream
+
+    asyncio.run(main())
+    codes = sorted(code for code, _, _ in heavy)
+    assert codes.count(200) >= 1 and codes.count(503) >= 4, codes
+    refused = [(dt, ra) for code, dt, ra in heavy if code == 503]
+    assert all(dt < 1.0 and ra is not None and int(ra) >= 1 for dt, ra in refused), refused
+    assert light and {code for code, _ in light} == {200}, light
+    assert max(dt for _, dt in light) < 2.0, sorted(dt for _, dt in light)[-5:]

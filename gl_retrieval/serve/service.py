@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import math
 import threading
 import time
 import uuid
@@ -43,6 +45,43 @@ SEARCH_THREADS = 2
 #: What one more model call costs, in padded tokens: MiniLM on one CPU thread spends about
 #: 15 ms per call beyond its tokens (streaming the weights again) and 0.5 ms per token.
 CALL_COST_TOKENS = 32
+
+#: Admission prices a request in predicted tokens (issue 24): a text costs about one token per
+#: 4 characters, up to the model's limit, plus this much per text (its share of a call).
+TEXT_OVERHEAD_TOKENS = 8
+
+#: A request whose texts are predicted over this many tokens is heavy: admitted by its cost
+#: (see :mod:`gl_retrieval.serve.admission`) and embedded in calls of about this size, one after
+#: the other, so the light queries arriving meanwhile run between them and no call's
+#: activations grow with the request. On this project's 2-core machine MiniLM takes about
+#: 0.1-0.3 s for it.
+CHUNK_TOKENS = 512
+
+#: What a request costs until its body says (a short query).
+LIGHT_TOKENS = 16
+
+_ticket: contextvars.ContextVar[_Ticket | None] = contextvars.ContextVar(
+    "gl_retrieval_admission", default=None
+)
+
+
+@dataclass
+class _Ticket:
+    """One admitted request's predicted cost, re-priced by :meth:`RetrievalService.charge`."""
+
+    cost: float
+    measured: bool
+
+
+def predicted_tokens(texts: Sequence[str], *, max_tokens: int | None) -> list[int]:
+    """Each text's predicted cost in tokens, from its length alone (no tokenizer runs).
+
+    Example:
+        >>> predicted_tokens(["what is bm25?", "word " * 400], max_tokens=256)
+        [12, 264]
+    """
+    cap = max_tokens or 512
+    return [min(cap, len(t) // 4 + 1) + TEXT_OVERHEAD_TOKENS for t in texts]
 
 #: What an embedding request asks for: the embedder's query or document prefix, or none (TEI).
 EmbedKind = str  # "query" | "document" | "raw"
@@ -135,7 +174,10 @@ class RetrievalService:
         self._admission = Admission(
             queue_size=self.config.queue_size,
             max_wait_s=None if wait_ms is None else wait_ms / 1000,
+            chunk=CHUNK_TOKENS,
+            timeout_s=self.config.request_timeout_s,
         )
+        self._max_tokens: int | None = None
         self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="gl-serve")
         self._search = ThreadPoolExecutor(
             max_workers=SEARCH_THREADS, thread_name_prefix="gl-search"
@@ -158,6 +200,7 @@ class RetrievalService:
         pipe, cfg = self.pipe, self.config
         t0 = time.perf_counter()
         pipe.embedder.warmup()
+        self._max_tokens = pipe.embedder.max_tokens
         self.metrics.model_load.labels("embedder").set(time.perf_counter() - t0)
         if pipe.reranker is not None:
             t0 = time.perf_counter()
@@ -247,19 +290,42 @@ class RetrievalService:
         """Count a request in, or refuse it (``Overloaded``): at ``queue_size`` requests, or
         when those admitted would take over ``max_queue_wait_ms`` to drain (see
         :mod:`gl_retrieval.serve.admission`). ``measured=False`` for an LLM answer: it holds
-        its place in ``queue_size`` until its stream ends, outside the measured rate."""
+        its place in ``queue_size`` until its stream ends, outside the measured rate.
+
+        The request is priced as a short query until :meth:`charge` re-prices it from its
+        body."""
+        ticket = _Ticket(cost=LIGHT_TOKENS, measured=measured)
         try:
-            self._admission.enter(measured=measured)
+            self._admission.enter(measured=measured, cost=ticket.cost)
         except Overloaded:
             self.metrics.rejected.inc()
             raise
         self.metrics.in_flight.set(self._admission.in_flight)
+        token = _ticket.set(ticket)
         try:
             yield
         finally:
-            self._admission.leave(measured=measured)
+            _ticket.reset(token)
+            self._admission.leave(measured=measured, cost=ticket.cost)
             self.metrics.in_flight.set(self._admission.in_flight)
             self.metrics.predicted_wait.set(self._admission.predicted_wait_s())
+
+    def charge(self, texts: Sequence[str]) -> list[int]:
+        """Re-price the admitted request this runs in by its ``texts`` (predicted tokens), or
+        refuse it now with ``Overloaded`` (503 + Retry-After) when, at that cost, it would hold
+        light requests up or not finish in time. Returns each text's predicted tokens.
+        Outside an admitted request (the library, tests) it only predicts."""
+        tokens = predicted_tokens(texts, max_tokens=self._max_tokens)
+        ticket = _ticket.get()
+        cost = float(sum(tokens))
+        if ticket is not None and ticket.measured and cost > ticket.cost:
+            try:
+                self._admission.charge(ticket.cost, cost)
+            except Overloaded:
+                self.metrics.rejected.inc()
+                raise
+            ticket.cost = cost
+        return tokens
 
     @property
     def _in_flight(self) -> int:
@@ -329,10 +395,28 @@ class RetrievalService:
         return out
 
     async def embed(self, kind: EmbedKind, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` (merged with other requests' texts when batching is on)."""
-        if self._embed is not None:
-            return await self._embed.submit((kind, list(texts)), cost=len(texts))
-        return await self.run(self._encode, kind, texts)
+        """Embed ``texts`` (merged with other requests' texts when batching is on).
+
+        The request is first priced by its predicted tokens (:meth:`charge`: 503 when it
+        cannot be taken now). A heavy one (over :data:`CHUNK_TOKENS`) goes to the model in
+        calls of about that many tokens, one after the other: light requests run between them,
+        and no call's memory grows with the request."""
+        tokens = self.charge(texts)
+        texts = list(texts)
+        if self._embed is None:
+            return await self.run(self._encode, kind, texts)
+        per_text = CHUNK_TOKENS / self.config.max_batch_size  # a full batch of light texts
+        parts: list[np.ndarray] = []
+        start = 0
+        while start < len(texts):
+            end, used = start, 0
+            while end < len(texts) and (end == start or used + tokens[end] <= CHUNK_TOKENS):
+                used += tokens[end]
+                end += 1
+            cost = max(end - start, math.ceil(used / per_text))
+            parts.append(await self._embed.submit((kind, texts[start:end]), cost=cost))
+            start = end
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _rerank_batch(self, payloads: list[list[tuple[str, str]]]) -> list[list[float]]:
         reranker = self.pipe.reranker
@@ -382,6 +466,7 @@ class RetrievalService:
             IndexNotFoundError: no index is loaded yet.
         """
         request = self.pipe.request(queries, filters=filters, top_k=top_k, top_n=top_n)
+        self.charge(request.queries)
         if not self.ready:
             self._try_refresh()
             if not self.ready:
