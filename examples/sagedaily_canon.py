@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print_json(report)
         return 0
     reused = " (the persisted index was reused)" if summary.chunks_embedded == 0 else ""
-    print(f"index: {summary.chunks_embedded} chunks embedded{reused}; {summary.line()}")
+    print(f"index: {summary.line()}{reused}")
     print(f"warm-up: {warmup_s:.2f}s (embedder + index loaded once)")
     for r in readings:
         print(f"\n? {r['query']}  ({r['ms']:.0f} ms)")

@@ -231,7 +231,12 @@ class RetrievalPipeline:
         check_compatible(manifest, embedder=fp, chunking=None, where=self.storage.location)
         # Another chunking leaves the vectors comparable, so queries stay correct and
         # are served; only `index` refuses it (it would mix two chunkings in one index).
-        diffs = chunking_differences(manifest, self._config.chunking.model_dump())
+        # A config that leaves chunking unset (a reader's dict, say) takes the index's, quietly.
+        diffs = (
+            chunking_differences(manifest, self._config.chunking.model_dump())
+            if "chunking" in self._config.model_fields_set
+            else []
+        )
         if diffs:
             log.warning(
                 "the index at %s was chunked differently than the config asks (%s); "

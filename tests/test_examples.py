@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -204,7 +205,10 @@ def test_sagedaily_second_run_embeds_nothing(tmp_path: Path) -> None:
     assert first["readings"][0]["results"][0]["doc_id"] == "01-on-attention.md"
 
     second = run_script("sagedaily_canon.py", "--index-dir", tmp_path).stdout
-    assert second.startswith("index: 0 chunks embedded (the persisted index was reused)")
+    line = second.splitlines()[0]
+    assert line.startswith("index: 0 added, 0 updated, 15 unchanged")
+    assert re.search(r"; 0 chunks embedded in [\d.]+s \(the persisted index was reused\)$", line)
+    assert line.count("chunks embedded") == 1  # said once (issue 24)
     assert "warm-up:" in second
 
 
@@ -229,6 +233,7 @@ def test_prototype_notebook_executes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not [o for o in outputs if o.output_type == "error"]
     text = json.dumps([o.get("data", {}) for o in outputs] + [o.get("text", "") for o in outputs])
     assert "50 added" in text
+    assert "IProgress not found" not in text and "TqdmWarning" not in text  # issue 24
     assert "hybrid-rrf" in text  # the table has the expected top document
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the score plot
     streamed = "".join(o.get("text", "") for o in outputs)  # the tokens, flushed one by one

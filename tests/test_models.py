@@ -148,10 +148,12 @@ def test_offline_missing_model_fails_every_command_with_one_line(
         assert time.perf_counter() - t0 < 10
         assert line.startswith(expected), (args, line)
         assert line.endswith("or set embedder.model to a local directory")
-    # `models pull` itself does not advise running `models pull`: it says what blocks it.
+    # `models pull` itself says what blocks it and how to bring a cache over (issue 24).
     line = one_line_error(runner.invoke(app, ["models", "pull", str(hub_cfg)]))
     assert line.startswith(f"error: cannot pull embedder model '{HUB_EMBEDDER}'"), line
-    assert "unset HF_HUB_OFFLINE" in line and "models pull" not in line
+    assert "(HF_HUB_OFFLINE is set)" in line and "run `gl-retrieval models pull" not in line
+    assert "copy DIR here and set HF_HOME=DIR" in line
+    assert "docs/operations.md#offline-machines" in line
 
 
 def test_offline_missing_reranker_fails_query_with_one_line(
@@ -406,6 +408,10 @@ def test_pull_with_the_hub_unreachable(
     line = one_line_error(runner.invoke(app, ["models", "pull", str(cfg)]))
     assert "is not in the Hugging Face cache" in line
     assert "the hub could not be reached (ConnectError" in line
+    # Not "run models pull where the hub is reachable" (issue 24): how to copy a cache here.
+    assert line.startswith(f"error: cannot pull embedder model '{HUB_EMBEDDER}'"), line
+    assert "run `gl-retrieval models pull" not in line
+    assert "copy DIR here and set HF_HOME=DIR" in line
 
     cache_model(hf_home, HUB_EMBEDDER, minilm_path)
     reports = pull_models(PipelineConfig.model_validate({"embedder": {"model": HUB_EMBEDDER}}))

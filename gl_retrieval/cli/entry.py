@@ -5,9 +5,10 @@ The commands live in modules by topic; this is the one place they are named and 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from gl_retrieval.cli.demo import demo
 from gl_retrieval.cli.errors import EXIT_OK, CommandGroup
@@ -17,6 +18,22 @@ from gl_retrieval.cli.query_commands import ask, eval_, query
 from gl_retrieval.cli.train_serve_commands import finetune, serve
 
 __all__ = ["app", "main", "models_app"]
+
+
+class Command(typer.core.TyperCommand):
+    """A command whose usage line names its arguments by their metavar, as click does
+    (``query [OPTIONS] CONFIG TEXT``), instead of typer's ``{config} {text}``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces.extend(param.get_usage_pieces(ctx))
+                continue
+            name = (param.metavar or param.name or "ARG").upper()
+            name += "..." if param.nargs != 1 else ""
+            pieces.append(name if param.required else f"[{name}]")
+        return pieces
 
 
 def _version(value: bool) -> None:
@@ -55,16 +72,16 @@ def _root(
     """Build, query and evaluate LlamaIndex retrieval pipelines from one YAML config."""
 
 
-app.command()(validate)
-app.command()(index)
-app.command()(query)
-app.command(name="eval")(eval_)
-app.command()(finetune)
-app.command()(ask)
-app.command()(info)
-app.command()(verify)
-app.command()(demo)
-app.command()(serve)
+app.command(cls=Command)(validate)
+app.command(cls=Command)(index)
+app.command(cls=Command)(query)
+app.command(name="eval", cls=Command)(eval_)
+app.command(cls=Command)(finetune)
+app.command(cls=Command)(ask)
+app.command(cls=Command)(info)
+app.command(cls=Command)(verify)
+app.command(cls=Command)(demo)
+app.command(cls=Command)(serve)
 
 models_app = typer.Typer(
     help="Fetch the models a config names (and build their exports), for offline use.",
@@ -72,8 +89,8 @@ models_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(models_app, name="models")
-models_app.command("pull")(models_pull)
-models_app.command("list")(models_list)
+models_app.command("pull", cls=Command)(models_pull)
+models_app.command("list", cls=Command)(models_list)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import sys
 import traceback
@@ -134,6 +135,24 @@ def _usage_line(e: click.exceptions.UsageError) -> str:
     return f"error: {message} (see `{command} --help`)"
 
 
+class _PrefixedLastResort(logging.Handler):
+    """Python's last-resort handler (a warning no handler takes goes to stderr), with the
+    CLI's ``warning:`` prefix, so every command's warnings read as docs/troubleshooting.md shows.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"{record.levelname.lower()}: {self.format(record)}\n")
+        except Exception:  # pragma: no cover - as logging's own handlers do
+            self.handleError(record)
+
+
+_LAST_RESORT = _PrefixedLastResort()
+
+
 class CommandGroup(typer.core.TyperGroup):
     """The app's command group: usage errors and every escaped exception become one line."""
 
@@ -177,6 +196,7 @@ class CommandGroup(typer.core.TyperGroup):
         sys.exit(code)
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous, logging.lastResort = logging.lastResort, _LAST_RESORT  # type: ignore[assignment]
         try:
             return super().invoke(ctx)
         except OSError as e:
@@ -184,3 +204,5 @@ class CommandGroup(typer.core.TyperGroup):
                 sys.stdout = typing_cast(Any, click.utils.PacifyFlushWrapper(sys.stdout))
                 return EXIT_OK
             raise
+        finally:
+            logging.lastResort = previous

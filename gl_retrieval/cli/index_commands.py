@@ -27,6 +27,7 @@ def validate(
         list[str] | None,
         typer.Option(
             "--filter",
+            metavar="FILTER",
             help="Also check these query filters (repeatable), as `query --filter` takes them.",
             show_default=False,
         ),

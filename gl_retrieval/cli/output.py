@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 ConfigArg = Annotated[
-    Path, typer.Argument(help="The pipeline's YAML config file.", show_default=False)
+    Path,
+    typer.Argument(metavar="CONFIG", help="The pipeline's YAML config file.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 

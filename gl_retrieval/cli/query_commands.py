@@ -27,18 +27,22 @@ __all__ = ["ask", "eval_", "query"]
 @handle_errors
 def query(
     config: ConfigArg,
-    text: Annotated[str, typer.Argument(help="The text to search for.", show_default=False)],
+    text: Annotated[
+        str, typer.Argument(metavar="TEXT", help="The text to search for.", show_default=False)
+    ],
     top_n: Annotated[
-        int | None, typer.Option(min=1, max=limits.TOP_K, help="How many results to show.")
+        int | None,
+        typer.Option(min=1, max=limits.TOP_K, metavar="N", help="How many results to show."),
     ] = None,
     top_k: Annotated[
         int | None,
-        typer.Option(min=1, max=limits.TOP_K, help="How many candidates to retrieve."),
+        typer.Option(min=1, max=limits.TOP_K, metavar="N", help="How many candidates to retrieve."),
     ] = None,
     filters: Annotated[
         list[str] | None,
         typer.Option(
             "--filter",
+            metavar="FILTER",
             help="A metadata filter; repeat it to require several. Write key=value, "
             "key!=value, key<value (also <=, >, >=, on numbers or ISO dates), 'key in a,b' or "
             "'key not in a,b'.",
@@ -51,6 +55,7 @@ def query(
     pipe = open_pipeline(checked_config(config))
     # Checked once, before any model loads: a bad query, depth or filter fails here.
     request = pipe.request([text], filters=filters or None, top_k=top_k, top_n=top_n)
+    _note_top_n(top_n, request.top_k)
     with library_warnings():
         (results,) = pipe.run(request)
     if as_json:
@@ -65,19 +70,25 @@ def query(
 @handle_errors
 def ask(
     config: ConfigArg,
-    question: Annotated[str, typer.Argument(help="The question to answer.", show_default=False)],
+    question: Annotated[
+        str,
+        typer.Argument(metavar="QUESTION", help="The question to answer.", show_default=False),
+    ],
     top_n: Annotated[
         int | None,
-        typer.Option(min=1, max=limits.TOP_K, help="How many sources to give the LLM."),
+        typer.Option(
+            min=1, max=limits.TOP_K, metavar="N", help="How many sources to give the LLM."
+        ),
     ] = None,
     top_k: Annotated[
         int | None,
-        typer.Option(min=1, max=limits.TOP_K, help="How many candidates to retrieve."),
+        typer.Option(min=1, max=limits.TOP_K, metavar="N", help="How many candidates to retrieve."),
     ] = None,
     filters: Annotated[
         list[str] | None,
         typer.Option(
             "--filter",
+            metavar="FILTER",
             help="A metadata filter on the sources, as for `query`; repeat it to require several.",
             show_default=False,
         ),
@@ -106,6 +117,7 @@ def ask(
     if pipe.llm is None:
         pipe.ask(question)  # raises the one-line "needs an llm section" error, before any load
     options: dict[str, Any] = {"filters": filters or None, "top_k": top_k, "top_n": top_n}
+    _note_top_n(top_n, top_k or cfg.retriever.top_k)
     if as_json:
         with library_warnings():
             answer = pipe.ask(question, **options)
@@ -122,6 +134,17 @@ def ask(
     typer.echo("\nsources:")
     for i, s in enumerate(sources, 1):
         typer.echo(f"  [{i}] {s.doc_id}  {snippet(s.node.get_content(), 100)}")
+
+
+def _note_top_n(top_n: int | None, top_k: int) -> None:
+    """Say so when --top-n asks for more than the candidates retrieved: it cannot be met."""
+    if top_n is not None and top_n > top_k:
+        typer.echo(
+            f"note: --top-n {top_n} is more than the {top_k} candidates retrieved "
+            f"(--top-k, else retriever.top_k), so at most {top_k} come back; pass "
+            f"--top-k {top_n} for more",
+            err=True,
+        )
 
 
 def _stdout_is_terminal() -> bool:
@@ -182,11 +205,15 @@ def eval_(
         typer.Option(
             min=1,
             max=limits.TOP_K,
+            metavar="N",
             help="How many chunks to retrieve per query; the default is max(100, retriever.top_k).",
         ),
     ] = None,
     latency_queries: Annotated[
-        int, typer.Option(min=1, help="How many queries to time on the full single-query path.")
+        int,
+        typer.Option(
+            min=1, metavar="N", help="How many queries to time on the full single-query path."
+        ),
     ] = 100,
     rebuild: Annotated[
         bool, typer.Option(help="Re-embed the corpus into a fresh index at the configured storage.")

@@ -10,6 +10,7 @@ import typer
 from gl_retrieval.cli.errors import handle_errors
 from gl_retrieval.cli.output import ConfigArg, JsonOpt, print_json
 from gl_retrieval.config import load_config
+from gl_retrieval.errors import GLRetrievalError
 from gl_retrieval.models import quiet_model_loading
 
 __all__ = ["finetune", "serve"]
@@ -129,7 +130,9 @@ def finetune(
 def serve(
     config: ConfigArg,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind.")] = 8080,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="Port to bind (0: any free one).")
+    ] = 8080,
     insecure: Annotated[
         bool,
         typer.Option(help="Allow a non-loopback --host without an API key (serve.api_key)."),
@@ -149,5 +152,14 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     quiet_model_loading()
+    # A port that is already taken fails here, in a second, before any model loads.
     server = create_server(load_config(config), host=host, port=port, insecure=insecure)
-    server.run()
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits 3 when the bind fails (a port taken while loading)
+        if e.code in (0, None):
+            raise
+        raise GLRetrievalError(
+            f"could not listen on {host}:{port} (uvicorn's line above says why): free the port "
+            "or pass another --port"
+        ) from None

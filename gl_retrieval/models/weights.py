@@ -159,12 +159,25 @@ def not_cached(model: str, *, role: str, why: str) -> ModelLoadError:
     )
 
 
+def cannot_pull(model: str, *, role: str, why: str) -> ModelLoadError:
+    """``models pull`` on a machine that cannot reach the hub: how to bring the cache over."""
+    return ModelLoadError(
+        f"cannot pull {role} model {model!r}: it is not in the Hugging Face cache "
+        f"({hf_cache_dir()}) and {why}. Pull it on a machine that can reach the hub "
+        "(`HF_HOME=DIR gl-retrieval models pull CONFIG`), copy DIR here and set HF_HOME=DIR "
+        "and HF_HUB_OFFLINE=1 (docs/operations.md#offline-machines), or set "
+        f"{role}.model to a local directory"
+    )
+
+
 def _offline_reason() -> str:
     return "the hub was not tried (HF_HUB_OFFLINE is set)"
 
 
-def _hub_files(model: str, *, revision: str | None, role: str) -> list[str]:
+def _hub_files(model: str, *, revision: str | None, role: str, pulling: bool = False) -> list[str]:
     """Ask the hub for ``model``'s file list: fails fast, with no retries, when unreachable.
+
+    ``pulling``: the caller is ``models pull``, so "run models pull" is no advice to give.
 
     Raises:
         ModelLoadError: the hub cannot be reached, or has no such model or revision.
@@ -192,11 +205,15 @@ def _hub_files(model: str, *, revision: str | None, role: str) -> list[str]:
             f"({e}): use 'org/name', a directory, or 'packaged:all-MiniLM-L6-v2'".replace("\n", " ")
         ) from None
     except errors.OfflineModeIsEnabled:
-        raise not_cached(model, role=role, why=_offline_reason()) from None
+        unreachable = (cannot_pull if pulling else not_cached)(
+            model, role=role, why=_offline_reason()
+        )
+        raise unreachable from None
     except Exception as e:  # connection refused, DNS, timeout, proxy, 5xx: the hub is unreachable
-        raise not_cached(
+        unreachable = (cannot_pull if pulling else not_cached)(
             model, role=role, why=f"the hub could not be reached ({_first_line(e)})"
-        ) from None
+        )
+        raise unreachable from None
     return [s.rfilename for s in (info.siblings or [])]
 
 
@@ -353,16 +370,11 @@ def _pull_hub(ref: ModelRef, *, log: Callable[[str], None]) -> PullReport:
     cached = cached_snapshot(ref.model, revision=ref.revision)
     if hub_offline():
         if cached is None:
-            raise ModelLoadError(
-                f"cannot pull {ref.role} model {ref.model!r}: it is not in the Hugging Face cache "
-                f"({hf_cache_dir()}) and {_offline_reason()}: unset HF_HUB_OFFLINE and run this "
-                "again where the hub can be reached, or copy a cache that holds it to "
-                f"{hf_cache_dir()}"
-            )
+            raise cannot_pull(ref.model, role=ref.role, why=_offline_reason())
         note = "HF_HUB_OFFLINE is set: not checked for updates"
         return PullReport(ref.role, ref.model, "hub", "cached", path=str(cached), note=note)
     try:
-        files = _hub_files(ref.model, revision=ref.revision, role=ref.role)
+        files = _hub_files(ref.model, revision=ref.revision, role=ref.role, pulling=True)
     except ModelLoadError:
         if cached is None:
             raise

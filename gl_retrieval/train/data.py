@@ -36,7 +36,7 @@ from typing import Any
 from gl_retrieval.errors import TrainingDataError
 from gl_retrieval.train.corpus import Corpus
 
-__all__ = ["TrainingData", "TrainingPair", "load_training_data", "split_dev"]
+__all__ = ["TrainingData", "TrainingPair", "check_data_path", "load_training_data", "split_dev"]
 
 _TEST_SPLITS = frozenset({"test", "tests"})
 
@@ -108,17 +108,30 @@ def load_training_data(path: str | os.PathLike[str], corpus: Corpus) -> Training
         TrainingDataError: the data is missing, malformed, names ids that are not in the index,
             holds empty or duplicate pairs, or is a test split.
     """
+    p = check_data_path(path)
+    if p.is_dir() or p.suffix == ".tsv":
+        return _load_beir(p, corpus)
+    return _load_jsonl(p, corpus)
+
+
+def check_data_path(path: str | os.PathLike[str]) -> Path:
+    """The data path, checked for existence and layout without reading it (no index needed).
+
+    ``finetune`` calls this first, so a mistyped ``--train`` fails before the index loads.
+
+    Raises:
+        TrainingDataError: the path does not exist, or is neither a directory, a ``.tsv`` nor a
+            ``.jsonl``.
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise TrainingDataError(f"training data {p} does not exist")
-    if p.is_dir() or p.suffix == ".tsv":
-        return _load_beir(p, corpus)
-    if p.suffix == ".jsonl":
-        return _load_jsonl(p, corpus)
-    raise TrainingDataError(
-        f"{p}: expected a BEIR directory (queries.jsonl + qrels/train.tsv), a qrels .tsv file, "
-        "or a .jsonl of {query, positive, negative?} lines"
-    )
+    if not (p.is_dir() or p.suffix in (".tsv", ".jsonl")):
+        raise TrainingDataError(
+            f"{p}: expected a BEIR directory (queries.jsonl + qrels/train.tsv), a qrels .tsv "
+            "file, or a .jsonl of {query, positive, negative?} lines"
+        )
+    return p
 
 
 def _unknown_ids(missing: list[tuple[str, str]], where: Path, corpus: Corpus) -> None:

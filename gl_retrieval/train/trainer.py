@@ -50,6 +50,7 @@ from gl_retrieval.train.corpus import Corpus, load_corpus
 from gl_retrieval.train.data import (
     TrainingData,
     TrainingPair,
+    check_data_path,
     check_disjoint,
     load_training_data,
     split_dev,
@@ -89,7 +90,8 @@ def _atomic_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_output(out: Path, options: FinetuneOptions) -> None:
+def _check_output(out: Path, options: FinetuneOptions) -> None:
+    """Refuse an unusable ``--output`` without touching it."""
     if options.resume:
         if not (out / RUN_DIR / "options.json").exists():
             raise TrainingError(
@@ -99,12 +101,18 @@ def _prepare_output(out: Path, options: FinetuneOptions) -> None:
         return
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--output {out} is a file; give a directory")
+    if out.exists() and any(out.iterdir()) and not options.overwrite:
+        raise TrainingError(
+            f"--output {out} is not empty; pass --overwrite to replace it, --resume to "
+            "continue the run in it, or choose another directory"
+        )
+
+
+def _prepare_output(out: Path, options: FinetuneOptions) -> None:
+    """Empty (``--overwrite``) and create ``--output``; called once the inputs have loaded."""
+    if options.resume:
+        return
     if out.exists() and any(out.iterdir()):
-        if not options.overwrite:
-            raise TrainingError(
-                f"--output {out} is not empty; pass --overwrite to replace it, --resume to "
-                "continue the run in it, or choose another directory"
-            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -292,18 +300,20 @@ def finetune(
         raise TrainingError(
             "--stage reranker needs a `reranker` section in the config (the model to fine-tune)"
         )
+    # Everything that can be checked without the index is, first; and nothing is written to
+    # --output until the index and the data have loaded, so a failed start leaves it as it was.
+    check_data_path(train)
+    if dev is not None:
+        check_data_path(dev)
     out = Path(output).expanduser().resolve()
-    _prepare_output(out, opts)
+    _check_output(out, opts)
     run_dir = out / RUN_DIR
-    run_dir.mkdir(exist_ok=True)
     if opts.resume:
         saved = json.loads((run_dir / "options.json").read_text(encoding="utf-8"))
         diff = opts.differs(saved)
         if diff:
             shown = ", ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in diff.items())
             raise TrainingError(f"--resume with different settings than the run ({shown})")
-    else:
-        _atomic_json(run_dir / "options.json", opts.to_dict())
 
     _seed_everything(opts.seed)
     pipe = RetrievalPipeline(cfg)
@@ -324,6 +334,10 @@ def finetune(
         notes.append(note)
     say(notes[-1])
     opts.check_data(len(train_data))
+    _prepare_output(out, opts)
+    run_dir.mkdir(exist_ok=True)
+    if not opts.resume:
+        _atomic_json(run_dir / "options.json", opts.to_dict())
 
     embedder = pipe.embedder
     threads = _training_threads(cfg)
