@@ -63,7 +63,7 @@ def add_admin_routes(app: FastAPI, service: RetrievalService) -> None:
         # generation) is for ?detail, which the Guard puts behind the Host check and the key.
         detail = "detail" in request.query_params
         if not service.ready:
-            message = service.last_reload_error or "no index generation loaded yet"
+            message = service.not_ready_reason or "not ready"
             if not detail:
                 message = "not ready (GET /readyz?detail with the API key says why)"
             return error_response(503, "not_ready", message)

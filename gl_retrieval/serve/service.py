@@ -25,7 +25,12 @@ from typing import Any
 import numpy as np
 
 from gl_retrieval.config import HuggingFaceEmbedderConfig, PipelineConfig, ServeConfig
-from gl_retrieval.errors import GLRetrievalError, IndexNotFoundError
+from gl_retrieval.errors import (
+    GLRetrievalError,
+    IndexDamagedError,
+    IndexNotFoundError,
+    StorageError,
+)
 from gl_retrieval.pipeline import RetrievalPipeline
 from gl_retrieval.retrieval.flow import SearchRequest, TwoStage
 from gl_retrieval.retrieval.results import RankedNode
@@ -190,6 +195,11 @@ class RetrievalService:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.last_reload_error: str | None = None
+        # Faults that make a loaded generation unservable (see ``not_ready_reason``): the store
+        # unreachable (cleared by the watcher's next probe that answers), and the generation a
+        # query found damaged (cleared when another generation is loaded).
+        self._store_down: StorageError | None = None
+        self._damaged: IndexDamagedError | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -258,8 +268,44 @@ class RetrievalService:
 
     @property
     def ready(self) -> bool:
-        """True once an index generation is loaded."""
-        return self.pipe.generation is not None
+        """True once an index generation is loaded, while its store answers and no query has
+        found it damaged (what ``/readyz`` says)."""
+        return self.not_ready_reason is None
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        """Why the replica cannot answer queries now, or None when it can."""
+        if self.pipe.generation is None:
+            return self.last_reload_error or "no index generation loaded yet"
+        fault = self._fault()
+        return None if fault is None else str(fault)
+
+    def _fault(self) -> StorageError | None:
+        """A new error for the storage fault that stops the loaded generation being served."""
+        down, damaged = self._store_down, self._damaged
+        if down is not None:
+            return StorageError(str(down))
+        if damaged is not None and damaged.generation == self.pipe.generation:
+            return IndexDamagedError(
+                str(damaged),
+                path=damaged.path,
+                problem=damaged.problem,
+                generation=damaged.generation,
+            )
+        return None
+
+    def _storage_fault(self, e: StorageError) -> None:
+        """Note a fault a query or a probe met (it turns ``/readyz`` to 503)."""
+        if isinstance(e, IndexDamagedError):
+            if e.generation is None:  # not known which generation: nothing to mark
+                return
+            if self._damaged is None or self._damaged.generation != e.generation:
+                log.error("generation %s is damaged; /readyz answers 503: %s", e.generation, e)
+            self._damaged = e
+            return
+        if self._store_down is None:
+            log.error("the index store is unreachable, /readyz answers 503 until it is back: %s", e)
+        self._store_down = e
 
     def _try_refresh(self) -> bool:
         try:
@@ -267,11 +313,27 @@ class RetrievalService:
         except IndexNotFoundError as e:
             self.last_reload_error = str(e)
             return False
+        except IndexDamagedError as e:  # a newly committed generation: keep the loaded one
+            self.last_reload_error = str(e)
+            log.warning("could not load the committed index generation: %s", e)
+            return False
+        except StorageError as e:
+            self.last_reload_error = str(e)
+            try:  # is the store down, or only the new generation unreadable?
+                self.pipe.committed_generation()
+            except StorageError as down:
+                self._storage_fault(down)
+            else:
+                log.warning("could not load the committed index generation: %s", e)
+            return False
         except Exception as e:  # keep serving the loaded generation
             self.last_reload_error = f"{type(e).__name__}: {e}"
             log.warning("could not load the committed index generation: %s", e)
             return False
         self.last_reload_error = None
+        if self._store_down is not None:
+            self._store_down = None
+            log.warning("the index store answers again; /readyz answers 200")
         if switched:
             gen = self.pipe.generation
             self.metrics.set_generation(gen)
@@ -454,6 +516,26 @@ class RetrievalService:
         top_k: int | None = None,
         top_n: int | None = None,
     ) -> list[list[RankedNode]]:
+        """:meth:`_retrieve_many`, refused at once while the store is down or the generation
+        damaged (``StorageError``, ``IndexDamagedError``: 503); a storage fault it meets turns
+        ``/readyz`` to 503 (the watcher's next probe that answers turns it back)."""
+        fault = self._fault() if self.pipe.generation is not None else None
+        if fault is not None:
+            raise fault
+        try:
+            return await self._retrieve_many(queries, filters=filters, top_k=top_k, top_n=top_n)
+        except StorageError as e:
+            self._storage_fault(e)
+            raise
+
+    async def _retrieve_many(
+        self,
+        queries: Sequence[str],
+        *,
+        filters: Any = None,
+        top_k: int | None = None,
+        top_n: int | None = None,
+    ) -> list[list[RankedNode]]:
         """Retrieve and rerank each query through the two stages of
         :mod:`gl_retrieval.retrieval.flow`, with the model calls batched across requests:
         exactly what ``pipe.retrieve_batch`` gives in process, to float tolerance.
@@ -467,9 +549,9 @@ class RetrievalService:
         """
         request = self.pipe.request(queries, filters=filters, top_k=top_k, top_n=top_n)
         self.charge(request.queries)
-        if not self.ready:
+        if self.pipe.generation is None:
             self._try_refresh()
-            if not self.ready:
+            if self.pipe.generation is None:
                 raise IndexNotFoundError(self.last_reload_error or "no index is loaded yet")
         if not request.queries:
             return []
