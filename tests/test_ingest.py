@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -482,7 +483,9 @@ def test_progress_bar_goes_to_stderr(
 ) -> None:
     RetrievalPipeline.from_config(_config(tmp_path, docs_dir)).index(show_progress=True)
     captured = capsys.readouterr()
-    assert "embedding" in captured.err and "3/3" in captured.err
+    # The bar counts the changed documents' characters (chunks are not known up front).
+    assert "embedding" in captured.err and "char/s" in captured.err
+    assert re.search(r"\| (\d+)/\1 \[", captured.err), captured.err  # it reaches its total
     assert captured.out == ""
 
 
@@ -510,3 +513,125 @@ def test_a_reader_racing_a_commit_keeps_the_generation_it_leased(
     monkeypatch.undo()
     newer = LocalStorage(tmp_path / "index").load(embed_model=minilm_embedder)
     assert newer.extras["dir"].name.startswith("gen-000003-") and "more.txt" in newer.documents
+
+
+# -- memory: streamed through chunking and embedding ---------------------------------------------
+
+
+def _random_prose(n_chars: int, *, seed: int = 0) -> str:
+    """Sentences of made-up words: many word pieces per character, the tokenizer's worst case."""
+    import random
+
+    rnd = random.Random(seed)
+    words = [
+        "".join(rnd.choices("abcdefghijklmnopqrstuvwxyz", k=rnd.randint(2, 9))) for _ in range(3000)
+    ]
+    parts: list[str] = []
+    size = 0
+    while size < n_chars:
+        sentence = " ".join(rnd.choices(words, k=rnd.randint(6, 20))).capitalize() + ". "
+        parts.append(sentence + ("\n\n" if rnd.random() < 0.2 else ""))
+        size += len(parts[-1])
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("mb", [1, 3])
+def test_indexing_one_large_document_holds_a_bounded_working_set(
+    mb: int, tmp_path: Path, minilm_embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24 item 8: the chunker used to tokenise a whole document at once and keep every
+    token's offsets as Python tuples (~140 traced bytes a token, ~700 with the tokenizer's own),
+    then held every chunk before embedding; a 20 MB file took 3 GB. Now the run's traced
+    working set, beyond the document's own text, stays under one bound for 1 and 3 MB alike.
+    The vector store is replaced by a counter (what the index holds is not the working set) and
+    the model by a cheap stand-in (the tokenizer is the real one)."""
+    import tracemalloc
+
+    import numpy as np
+
+    import gl_retrieval.ingest.indexer as indexer
+    from gl_retrieval.config import PipelineConfig
+    from gl_retrieval.ingest.indexer import index_documents
+
+    def encode(self: Any, texts: Any, *, show_progress: bool) -> np.ndarray:
+        out = np.zeros((len(texts), 384), np.float32)
+        out[:, 0] = 1.0
+        return out
+
+    stored: list[int] = []
+    monkeypatch.setattr(type(minilm_embedder), "_encode", encode)
+    monkeypatch.setattr(indexer, "_add_nodes", lambda handle, nodes: stored.append(len(nodes)))
+    cfg = PipelineConfig.model_validate(
+        {"embedder": {"model": MINILM}, "chunking": {"chunk_size": 254, "chunk_overlap": 32}}
+    )
+    text = _random_prose(mb * 1024 * 1024, seed=mb)
+    docs = [Document("big.txt", text), Document("small.txt", "A short one.")]
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        summary = index_documents(
+            iter(docs), config=cfg, embedder=minilm_embedder, storage=LocalStorage(tmp_path / "i")
+        )
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert summary.chunks_embedded == sum(stored) > 1000 * mb
+    assert peak < 24 * 2**20, f"{peak / 2**20:.1f} MiB traced for a {mb} MB document"
+
+
+# -- symlinks out of a source directory ----------------------------------------------------------
+
+
+def _linked_source(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    (root / "sub").mkdir(parents=True)
+    (root / "own.txt").write_text("A document of its own.", encoding="utf-8")
+    (tmp_path / "outside_secret.txt").write_text("the secret next door", encoding="utf-8")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "far.md").write_text("a file in another folder", encoding="utf-8")
+    (root / "leak.txt").symlink_to("../outside_secret.txt")
+    (root / "inside.txt").symlink_to("own.txt")  # stays inside: read as usual
+    (root / "sub" / "far.md").symlink_to(tmp_path / "elsewhere" / "far.md")
+    (root / "linked_dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    return root
+
+
+def test_symlinks_out_of_a_source_directory_are_skipped_with_a_note(tmp_path: Path) -> None:
+    """Issue 24 item 9: `leak.txt -> ../outside_secret.txt` used to be indexed and served."""
+    from gl_retrieval.config import SourceConfig
+
+    root = _linked_source(tmp_path)
+    skipped: list[Skipped] = []
+    docs = {d.doc_id: d.text for d in read_sources([SourceConfig(path=root)], skipped)}
+    assert docs == {"inside.txt": "A document of its own.", "own.txt": "A document of its own."}
+    notes = {s.name: s.reason for s in skipped}
+    assert set(notes) == {"leak.txt", "sub/far.md"}
+    assert all(
+        "outside the source directory" in r and "follow_symlinks" in r for r in notes.values()
+    )
+    # A glob that walks through a linked directory is held to the same rule.
+    skipped = []
+    glob = SourceConfig(path=root, glob="linked_dir/*.md")
+    assert list(read_sources([glob], skipped)) == []
+    assert [s.name for s in skipped] == ["linked_dir/far.md"]
+
+
+def test_follow_symlinks_reads_them(tmp_path: Path) -> None:
+    from gl_retrieval.config import SourceConfig
+
+    root = _linked_source(tmp_path)
+    skipped: list[Skipped] = []
+    source = SourceConfig(path=root, follow_symlinks=True)
+    docs = {d.doc_id: d.text for d in read_sources([source], skipped)}
+    assert docs["leak.txt"] == "the secret next door"
+    assert docs["sub/far.md"] == "a file in another folder"
+    assert skipped == []
+
+
+def test_the_index_summary_names_each_skipped_link(tmp_path: Path, minilm_embedder: Any) -> None:
+    root = _linked_source(tmp_path)
+    summary = _index(_config(tmp_path, root))
+    assert {s.name for s in summary.skipped} == {"leak.txt", "sub/far.md"}
+    texts = _indexed_texts(_config(tmp_path, root))
+    assert not any("secret" in t for t in texts.values())

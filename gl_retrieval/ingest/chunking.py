@@ -1,13 +1,21 @@
 """Chunking measured in the embedder's own tokenizer (never tiktoken).
 
-All documents to chunk go through the model's tokenizer in one batched call. A document that fits
-in ``chunk_size`` tokens stays whole; a longer one is cut at token boundaries taken from that same
-call (its character offsets), so no text is tokenised twice here:
+Documents go through the model's tokenizer in batched calls of about :data:`WINDOW_CHARS`
+characters each. A document that fits in ``chunk_size`` tokens stays whole; a longer one is cut at
+token boundaries taken from that same call (its character offsets), so no text is tokenised twice
+here:
 
 * a chunk ends at the last sentence or paragraph break that fits, if that keeps it at least half
   full; otherwise at the last word boundary that fits (a sentence longer than a chunk);
 * the next chunk starts ``chunk_overlap`` tokens earlier, at a sentence start in that window if
   there is one, else at a word start.
+
+A document longer than :data:`WINDOW_CHARS` is tokenised in windows that end at whitespace: the
+chunks of a window are kept except the last one, and the next window starts where that chunk
+starts, so the chunks are the ones one call over the whole text would give, while the tokenizer's
+per-token state (a few hundred bytes a token) never covers more than one window. Memory for
+chunking is therefore bounded by the window, whatever the size of a document;
+:meth:`Chunker.iter_split` yields the chunks as they are cut.
 
 Chunks are slices of the original text, so ``start_char_idx``/``end_char_idx`` on each node point
 into the document. Node ids are ``<doc_id>#<n>`` and each node's ``ref_doc_id`` is the document
@@ -22,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +44,10 @@ if TYPE_CHECKING:
 __all__ = ["Chunk", "ChunkPlan", "Chunker", "effective_chunk_size", "split_offsets"]
 
 log = logging.getLogger(__name__)
+
+#: Characters per tokenizer call: short documents are batched up to this, a longer one is cut
+#: into windows of this size (grown when one chunk does not fit in a window).
+WINDOW_CHARS = 64 * 1024
 
 Offsets = Sequence[tuple[int, int]]
 #: texts -> (token count of each text, offsets of text i on demand)
@@ -129,7 +141,7 @@ def _hf_tokenize(tokenizer: Any) -> Tokenize:
             verbose=False,
         )
         encodings = enc.encodings
-        return [len(ids) for ids in enc["input_ids"]], lambda i: encodings[i].offsets
+        return [len(e) for e in encodings], lambda i: encodings[i].offsets
 
     return run
 
@@ -158,6 +170,17 @@ def _tokenizer_for(embedder: GLEmbedding) -> Tokenize:
     if tok is not None and getattr(tok, "is_fast", False):
         return _hf_tokenize(tok)
     return _approx_tokenize(embedder)
+
+
+def _window_end(text: str, pos: int, window: int) -> int:
+    """Where a tokenizer window starting at ``pos`` ends: the end of the text, or just after the
+    last whitespace in the window's second half (so no word is cut), else ``pos + window``."""
+    end = pos + window
+    if end >= len(text):
+        return len(text)
+    half = pos + window // 2
+    cut = max(text.rfind(c, half, end) for c in " \n\t\r")
+    return cut + 1 if cut >= half else end
 
 
 def split_offsets(text: str, offsets: Offsets, *, size: int, overlap: int) -> list[tuple[int, int]]:
@@ -210,16 +233,37 @@ class Chunker:
         self._tokenize = _tokenizer_for(embedder)
 
     def split(self, docs: Sequence[Document]) -> list[Chunk]:
-        """Chunk ``docs`` (one batched tokenizer call); documents that fit stay whole."""
+        """Chunk ``docs`` into a list (see :meth:`iter_split`); documents that fit stay whole."""
+        return list(self.iter_split(docs))
+
+    def iter_split(self, docs: Iterable[Document]) -> Iterator[Chunk]:
+        """Yield the chunks of ``docs`` in order, tokenising about :data:`WINDOW_CHARS`
+        characters at a time, so memory does not grow with the size of a document."""
+        batch: list[Document] = []
+        chars = 0
+        for doc in docs:
+            if len(doc.text) > WINDOW_CHARS:
+                yield from self._split_batch(batch)
+                batch, chars = [], 0
+                yield from self._split_long(doc)
+                continue
+            batch.append(doc)
+            chars += len(doc.text)
+            if chars >= WINDOW_CHARS:
+                yield from self._split_batch(batch)
+                batch, chars = [], 0
+        yield from self._split_batch(batch)
+
+    def _split_batch(self, docs: Sequence[Document]) -> Iterator[Chunk]:
+        """Chunk a few short documents with one batched tokenizer call."""
         if not docs:
-            return []
+            return
         counts, offsets_of = self._tokenize([d.text for d in docs])
         size, overlap = self.plan.chunk_size, self.plan.chunk_overlap
-        out: list[Chunk] = []
         for k, (doc, n_tokens) in enumerate(zip(docs, counts, strict=True)):
             if n_tokens <= size:
                 if doc.text.strip():
-                    out.append(Chunk(doc, 0, doc.text, 0, len(doc.text), n_tokens))
+                    yield Chunk(doc, 0, doc.text, 0, len(doc.text), n_tokens)
                 continue
             offsets = offsets_of(k)
             n = 0
@@ -227,9 +271,42 @@ class Chunker:
                 start, end = offsets[a][0], offsets[b - 1][1]
                 piece = doc.text[start:end]
                 if piece.strip():
-                    out.append(Chunk(doc, n, piece, start, end, b - a))
+                    yield Chunk(doc, n, piece, start, end, b - a)
                     n += 1
-        return out
+
+    def _split_long(self, doc: Document) -> Iterator[Chunk]:
+        """Chunk one long document window by window (see the module docstring)."""
+        text = doc.text
+        size, overlap = self.plan.chunk_size, self.plan.chunk_overlap
+        pos, n, window = 0, 0, WINDOW_CHARS
+        while pos < len(text):
+            end = _window_end(text, pos, window)
+            last = end == len(text)
+            piece = text[pos:end]
+            counts, offsets_of = self._tokenize([piece])
+            if last and pos == 0 and counts[0] <= size:
+                if text.strip():
+                    yield Chunk(doc, 0, text, 0, len(text), counts[0])
+                return
+            offsets = offsets_of(0)
+            if not offsets:
+                return
+            ranges = split_offsets(piece, offsets, size=size, overlap=overlap)
+            if not last:
+                if len(ranges) < 2:  # not even one whole chunk in this window: widen it
+                    window *= 2
+                    continue
+                ranges, follow = ranges[:-1], ranges[-1][0]
+            for a, b in ranges:
+                start, stop = pos + offsets[a][0], pos + offsets[b - 1][1]
+                chunk_text = text[start:stop]
+                if chunk_text.strip():
+                    yield Chunk(doc, n, chunk_text, start, stop, b - a)
+                    n += 1
+            if last:
+                return
+            pos += offsets[follow][0]
+            del piece, offsets, offsets_of, ranges
 
     def chunk(self, docs: Sequence[Document]) -> list[TextNode]:
         """Chunk ``docs`` into LlamaIndex nodes (without embeddings)."""

@@ -8,13 +8,19 @@ The work is ordered for throughput:
 
 1. Only the committed manifest and document table are read to decide what changed, so a run
    with nothing to do loads neither the model nor the vectors.
-2. Changed documents are chunked in one batched call of the model's own tokenizer.
-3. Chunks are embedded longest first, in windows of ``8 * batch_size``, so batches carry
-   little padding (sentence-transformers only sorts within one ``encode`` call) and a progress
-   bar can follow the work.
-4. Embedded nodes go straight to the vector store (``vector_store.add``), with only the
+2. Changed documents are chunked as a stream, in the model's own tokenizer, a bounded window of
+   text at a time (:meth:`~gl_retrieval.ingest.chunking.Chunker.iter_split`).
+3. The chunks are embedded in groups of ``GROUP_WINDOWS`` windows of ``8 * batch_size`` chunks,
+   longest first within a group, so batches carry little padding (sentence-transformers only
+   sorts within one ``encode`` call) and a progress bar can follow the work.
+4. Each embedded window goes straight to the vector store (``vector_store.add``), with only the
    bookkeeping LlamaIndex's ``load_index_from_storage`` needs, instead of
-   ``VectorStoreIndex.insert_nodes`` (which re-checks embeddings and copies every node twice).
+   ``VectorStoreIndex.insert_nodes`` (which re-checks embeddings and copies every node twice),
+   and the chunks are dropped; a document's text is dropped once its last chunk is embedded.
+
+So the memory an ``index`` run adds on top of what the index itself holds (chunk text, vectors)
+and the documents read is bounded by one tokenizer window and one group of chunks, whatever the
+size of a file (docs/hostile-inputs.md has the measurements).
 
 Nothing is committed until everything succeeded, so a failure (or ``kill -9``) leaves the
 previous index as it was.
@@ -59,8 +65,12 @@ log = logging.getLogger(__name__)
 
 #: Chunks per ``embed_documents`` call, in units of the embedder's batch size.
 WINDOW_BATCHES = 8
-#: Embedded nodes are handed to the vector store in groups of at least this many.
-STORE_FLUSH = 8192
+#: Chunks held at once (sorted longest first among themselves), in windows.
+GROUP_WINDOWS = 8
+#: What a commit stores per character of new text, and per chunk beyond its vector, for the
+#: free-space check before embedding (:func:`_expected_bytes`; see docs/hostile-inputs.md).
+BYTES_PER_CHAR = 3
+BYTES_PER_CHUNK = 1024
 
 
 @dataclass
@@ -78,6 +88,8 @@ class IndexSummary:
     skipped: list[Skipped] = field(default_factory=list)
     chunks_embedded: int = 0
     seconds: float = 0.0
+    #: Documents gone from the sources but kept in the index (no ``prune``).
+    kept_gone: int = 0
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -96,11 +108,28 @@ class IndexSummary:
         }
 
     def line(self) -> str:
-        """One human line."""
+        """One human line: the documents, then the chunks and the time (the model load apart).
+
+        Example:
+            >>> IndexSummary(added=1, chunks_embedded=1, seconds=2.5, kept_gone=2,
+            ...              timings={"model": 2.0}).line()  # doctest: +NORMALIZE_WHITESPACE
+            '1 added, 0 updated, 0 unchanged, 0 deleted (2 gone from the sources, kept: --prune
+            removes them), 0 skipped; 1 chunk embedded in 0.5s (+2.0s loading the model)'
+        """
+        gone = (
+            f" ({self.kept_gone} gone from the sources, kept: --prune removes "
+            f"{'it' if self.kept_gone == 1 else 'them'})"
+            if self.kept_gone
+            else ""
+        )
+        model_s = self.timings.get("model", 0.0)
+        load = f" (+{model_s:.1f}s loading the model)" if model_s >= 0.05 else ""
+        n = self.chunks_embedded
         return (
             f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.deleted} deleted, {len(self.skipped)} skipped; "
-            f"{self.chunks_embedded} chunks embedded in {self.seconds:.1f}s"
+            f"{self.deleted} deleted{gone}, {len(self.skipped)} skipped; "
+            f"{n} chunk{'' if n == 1 else 's'} embedded in "
+            f"{max(0.0, self.seconds - model_s):.1f}s{load}"
         )
 
     @contextmanager
@@ -163,22 +192,51 @@ def _add_nodes(handle: IndexHandle, nodes: list[TextNode]) -> None:
     handle.storage_context.index_store.add_index_struct(index.index_struct)
 
 
+def _groups(chunks: Iterable[Chunk], size: int) -> Iterator[tuple[list[Chunk], int]]:
+    """``chunks`` in lists of at most ``size``, each with the characters of the documents it
+    completes (for the progress bar: the counts add up to the documents' length)."""
+    group: list[Chunk] = []
+    done = 0  # characters of the documents credited to this group
+    doc: Document | None = None
+    pos = 0
+    for c in chunks:
+        if c.doc is not doc:
+            if doc is not None:
+                done += len(doc.text) - pos
+            doc, pos = c.doc, 0
+        done += max(0, c.end - pos)
+        pos = max(pos, c.end)
+        group.append(c)
+        if len(group) >= size:
+            yield group, done
+            group, done = [], 0
+    if doc is not None:
+        done += len(doc.text) - pos
+    if group or done:
+        yield group, done
+
+
 def _embed_into(
     handle: IndexHandle,
-    chunks: Sequence[Chunk],
+    chunks: Iterable[Chunk],
     *,
     embedder: GLEmbedding,
     summary: IndexSummary,
-    show_progress: bool,
+    bar: Any,
+    node_ids: dict[str, list[str]],
 ) -> None:
-    """Embed ``chunks`` longest first, in windows, and add them to the index."""
-    order = sorted(range(len(chunks)), key=lambda i: chunks[i].tokens, reverse=True)
+    """Embed the stream ``chunks`` group by group, longest first within a group, and add each
+    window to the index; ``node_ids`` gets each document's node ids."""
     window = max(1, int(embedder.embed_batch_size)) * WINDOW_BATCHES
-    bar = _progress(total=len(chunks), enabled=show_progress)
-    pending: list[TextNode] = []
-    try:
-        for w in range(0, len(order), window):
-            part = [chunks[i] for i in order[w : w + window]]
+    for group, chars in _groups(chunks, window * GROUP_WINDOWS):
+        # Refuse over-long chunks before embedding them, naming them.
+        embedder.check_lengths([c.text for c in group], ids=[c.node_id for c in group])
+        for c in group:
+            node_ids.setdefault(c.doc.doc_id, []).append(c.node_id)
+        group.sort(key=lambda c: c.tokens, reverse=True)
+        shown = 0
+        for w in range(0, len(group), window):
+            part = group[w : w + window]
             with summary.timed("embed"):
                 vectors = embedder.embed_documents([c.text for c in part], show_progress=False)
                 if vectors.ndim != 2 or vectors.shape[0] != len(part):
@@ -189,15 +247,41 @@ def _embed_into(
                 _require_finite(vectors, part, model=embedder.model_name)
             with summary.timed("store"):
                 rows = vectors.tolist()
-                pending.extend(c.to_node(embedding=row) for c, row in zip(part, rows, strict=True))
-                if len(pending) >= STORE_FLUSH:
-                    _add_nodes(handle, pending)
-                    pending = []
-            bar.update(len(part))
-        with summary.timed("store"):
-            _add_nodes(handle, pending)
-    finally:
-        bar.close()
+                _add_nodes(
+                    handle, [c.to_node(embedding=row) for c, row in zip(part, rows, strict=True)]
+                )
+            summary.chunks_embedded += len(part)
+            step = chars * (w + len(part)) // len(group) - shown
+            bar.update(step)
+            shown += step
+        bar.update(chars - shown)  # all of it when the group has no chunks (blank documents)
+
+
+def _expected_bytes(chars: int, plan: ChunkPlan, dimension: int) -> int:
+    """About what ``chars`` characters of new text add to a committed index: the chunk text
+    (overlaps and JSON escaping included) and the BM25 side, ``BYTES_PER_CHAR`` a character,
+    and per chunk (one every 3 characters a token, a generous count) its vector and its node's
+    ids, metadata and relationships."""
+    chunks = chars // max(1, 3 * (plan.chunk_size - plan.chunk_overlap)) + 1
+    return BYTES_PER_CHAR * chars + chunks * (4 * dimension + BYTES_PER_CHUNK)
+
+
+def _drain(docs: list[Document]) -> Iterator[Document]:
+    """Yield and forget ``docs`` from the front, so each document's text can be freed once its
+    chunks are embedded (the list is empty afterwards)."""
+    docs.reverse()
+    while docs:
+        yield docs.pop()
+
+
+def _timed(items: Iterator[Chunk], summary: IndexSummary, phase: str) -> Iterator[Chunk]:
+    """``items``, with the time spent producing them added to ``summary.timings[phase]``."""
+    while True:
+        with summary.timed(phase):
+            item = next(items, None)
+        if item is None:
+            return
+        yield item
 
 
 def _require_finite(vectors: Any, part: Sequence[Chunk], *, model: str) -> None:
@@ -227,7 +311,7 @@ def _progress(*, total: int, enabled: bool) -> Any:
         return _NoBar()
     from gl_retrieval._progress import make_bar
 
-    return make_bar(total=total, desc="embedding", unit="chunk") or _NoBar()
+    return make_bar(total=total, desc="embedding", unit="char") or _NoBar()
 
 
 def index_documents(
@@ -291,7 +375,8 @@ def index_documents(
             else:
                 summary.unchanged += 1
     summary.skipped = list(skipped or [])
-    gone = [d for d in old if d not in current] if prune else []
+    gone = [d for d in old if d not in current]
+    summary.kept_gone, gone = (0, gone) if prune else (len(gone), [])
     summary.deleted = len(gone)
 
     if not changed and not gone and manifest is not None:
@@ -303,8 +388,13 @@ def index_documents(
             if manifest is not None
             else storage.new(embed_model=embedder)
         )
+    with summary.timed("store"):
+        for doc_id in [d.doc_id for d in changed if d.doc_id in old] + gone:
+            handle.index.delete_ref_doc(doc_id, delete_from_docstore=True)
+            handle.documents.pop(doc_id, None)
     plan: ChunkPlan | None = None
-    chunks: list[Chunk] = []
+    records = [(d.doc_id, d.content_hash, d.source) for d in changed]
+    node_ids: dict[str, list[str]] = {}
     if changed:
         with summary.timed("model"):
             embedder.warmup()
@@ -312,24 +402,23 @@ def index_documents(
             plan = effective_chunk_size(config.chunking, embedder)
             if plan.warning:
                 summary.warnings.append(plan.warning)
-            chunks = Chunker(plan, embedder).split(changed)
-    with summary.timed("store"):
-        for doc_id in [d.doc_id for d in changed if d.doc_id in old] + gone:
-            handle.index.delete_ref_doc(doc_id, delete_from_docstore=True)
-            handle.documents.pop(doc_id, None)
-    if chunks:  # refuse over-long chunks up front, naming them
-        embedder.check_lengths([c.text for c in chunks], ids=[c.node_id for c in chunks])
-    _embed_into(handle, chunks, embedder=embedder, summary=summary, show_progress=show_progress)
-    summary.chunks_embedded = len(chunks)
-
-    by_doc: dict[str, list[str]] = {}
-    for c in chunks:
-        by_doc.setdefault(c.doc.doc_id, []).append(c.node_id)
-    for doc in changed:
-        handle.documents[doc.doc_id] = DocRecord(
-            hash=doc.content_hash, nodes=by_doc.get(doc.doc_id, []), source=doc.source
+        chars = sum(len(d.text) for d in changed)
+        # A full disk is found now, before the embedding, not at the commit after it.
+        storage.check_space(handle, adding_bytes=_expected_bytes(chars, plan, embedder.dimension))
+        chunks = _timed(Chunker(plan, embedder).iter_split(_drain(changed)), summary, "chunk")
+        bar = _progress(total=chars, enabled=show_progress)
+        try:
+            _embed_into(
+                handle, chunks, embedder=embedder, summary=summary, bar=bar, node_ids=node_ids
+            )
+        finally:
+            bar.close()
+    for doc_id, content_hash, source in records:
+        handle.documents[doc_id] = DocRecord(
+            hash=content_hash, nodes=node_ids.get(doc_id, []), source=source
         )
-    fingerprint = embedder.fingerprint() if (chunks or handle.manifest is None) else None
+    chunks_added = summary.chunks_embedded > 0
+    fingerprint = embedder.fingerprint() if (chunks_added or handle.manifest is None) else None
     handle.manifest = _next_manifest(
         handle.manifest, fingerprint=fingerprint, config=config, plan=plan, handle=handle
     )

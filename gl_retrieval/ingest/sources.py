@@ -369,14 +369,21 @@ def _read_file(path: Path, root: Path) -> Document:
 
 
 def read_directory(
-    root: Path, skipped: list[Skipped], *, glob: str | None = None
+    root: Path,
+    skipped: list[Skipped],
+    *,
+    glob: str | None = None,
+    follow_symlinks: bool = False,
 ) -> Iterator[Document]:
     """Yield the documents under ``root`` in a stable (sorted) order.
 
     Without ``glob``, files with a known suffix are read (see :data:`READABLE_SUFFIXES`) and
     others are ignored; with ``glob``, every matching file is read as text (or HTML/PDF by its
-    suffix). Hidden files and directories are ignored. Unreadable files go to ``skipped``.
+    suffix). Hidden files and directories are ignored. Unreadable files go to ``skipped``, and
+    so does a file whose real path (symlinks resolved) is outside ``root``, unless
+    ``follow_symlinks``.
     """
+    real_root = root.resolve()
     paths = sorted(root.glob(glob)) if glob else sorted(root.rglob("*"))
     for p in paths:
         if any(part.startswith(".") for part in p.relative_to(root).parts):
@@ -391,10 +398,20 @@ def read_directory(
                 if reason is not None:
                     skipped.append(Skipped(p.relative_to(root).as_posix(), reason))
                 continue
+            if not follow_symlinks and not p.resolve().is_relative_to(real_root):
+                skipped.append(Skipped(p.relative_to(root).as_posix(), OUTSIDE_ROOT))
+                continue
             yield _read_file(p, root)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             skipped.append(Skipped(p.relative_to(root).as_posix(), reason))
+
+
+#: Why a symlink out of a source directory is skipped.
+OUTSIDE_ROOT = (
+    "a symlink to a file outside the source directory, not read "
+    "(set sources[].follow_symlinks: true to read it)"
+)
 
 
 def _special_file(p: Path) -> str | None:
@@ -421,12 +438,15 @@ def read_sources(sources: Iterable[SourceConfig], skipped: list[Skipped]) -> Ite
     for src in sources:
         path = Path(src.path)
         if path.is_dir():
-            docs = read_directory(path, skipped, glob=src.glob)
+            docs = read_directory(path, skipped, glob=src.glob, follow_symlinks=src.follow_symlinks)
         elif path.is_file():
             if path.suffix.lower() == ".jsonl":
                 docs = read_jsonl(path, skipped)
             else:
-                docs = read_directory(path.parent, skipped, glob=glob_escape(path.name))
+                # A file named in the config is read wherever it links to.
+                docs = read_directory(
+                    path.parent, skipped, glob=glob_escape(path.name), follow_symlinks=True
+                )
         else:
             raise SourceError(limits.source_problem(path))
         for doc in docs:
