@@ -119,10 +119,13 @@ def make_text_file(path: Path, mb: float) -> None:
     target, size = int(mb * 1024 * 1024), 0
     with path.open("w") as out:
         while size < target:
-            para = " ".join(
-                " ".join(rnd.choices(words, k=rnd.randint(6, 20))).capitalize() + "."
-                for _ in range(rnd.randint(2, 6))
-            ) + "\n\n"
+            para = (
+                " ".join(
+                    " ".join(rnd.choices(words, k=rnd.randint(6, 20))).capitalize() + "."
+                    for _ in range(rnd.randint(2, 6))
+                )
+                + "\n\n"
+            )
             out.write(para)
             size += len(para)
 
@@ -139,7 +142,11 @@ def run_ingest(checkout: Path, src: Path, work: Path, limit_s: float, max_gb: fl
     cmd = [sys.executable, "-c", _INGEST, str(src), str(work)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        cmd, env=env, cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cmd,
+        env=env,
+        cwd=checkout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
     # Watch the RSS and stop the run at the cap (the machine is shared).

@@ -88,6 +88,7 @@ def predicted_tokens(texts: Sequence[str], *, max_tokens: int | None) -> list[in
     cap = max_tokens or 512
     return [min(cap, len(t) // 4 + 1) + TEXT_OVERHEAD_TOKENS for t in texts]
 
+
 #: What an embedding request asks for: the embedder's query or document prefix, or none (TEI).
 EmbedKind = str  # "query" | "document" | "raw"
 
