@@ -428,13 +428,7 @@ class RetrievalPipeline:
             FilterError: a filter is malformed, or cannot match this index.
         """
         req = self.request((), filters=filters, top_k=top_k, top_n=top_n)
-        return TwoStageRetriever(
-            self.stages,
-            embed=self.embedder.embed_queries,
-            filters=req.filters,
-            top_k=req.top_k,
-            top_n=req.top_n,
-        )
+        return TwoStageRetriever(self.stages, embed=self.embedder.embed_queries, request=req)
 
     def retrieve(
         self,

@@ -15,12 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from gl_retrieval.config import PipelineConfig, load_config
+from gl_retrieval.config import PipelineConfig, limits, load_config
 from gl_retrieval.models import quiet_model_loading
 
 __all__ = [
     "ConfigArg",
     "JsonOpt",
+    "TopKOpt",
     "checked_config",
     "library_warnings",
     "open_pipeline",
@@ -34,6 +35,10 @@ ConfigArg = Annotated[
     typer.Argument(metavar="CONFIG", help="The pipeline's YAML config file.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+TopKOpt = Annotated[
+    int | None,
+    typer.Option(min=1, max=limits.TOP_K, metavar="N", help="How many candidates to retrieve."),
+]
 
 
 def checked_config(

@@ -12,6 +12,7 @@ from gl_retrieval.cli.errors import handle_errors
 from gl_retrieval.cli.output import (
     ConfigArg,
     JsonOpt,
+    TopKOpt,
     checked_config,
     library_warnings,
     open_pipeline,
@@ -34,10 +35,7 @@ def query(
         int | None,
         typer.Option(min=1, max=limits.TOP_K, metavar="N", help="How many results to show."),
     ] = None,
-    top_k: Annotated[
-        int | None,
-        typer.Option(min=1, max=limits.TOP_K, metavar="N", help="How many candidates to retrieve."),
-    ] = None,
+    top_k: TopKOpt = None,
     filters: Annotated[
         list[str] | None,
         typer.Option(
@@ -80,10 +78,7 @@ def ask(
             min=1, max=limits.TOP_K, metavar="N", help="How many sources to give the LLM."
         ),
     ] = None,
-    top_k: Annotated[
-        int | None,
-        typer.Option(min=1, max=limits.TOP_K, metavar="N", help="How many candidates to retrieve."),
-    ] = None,
+    top_k: TopKOpt = None,
     filters: Annotated[
         list[str] | None,
         typer.Option(

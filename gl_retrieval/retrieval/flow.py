@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -228,9 +228,8 @@ class TwoStageRetriever(BaseRetriever):
         stages: Returns the :class:`TwoStage` of the index loaded now (a hot swap between two
             calls is seen by the second).
         embed: ``queries -> vectors``.
-        filters: Parsed filters, or None.
-        top_k: Candidates per query.
-        top_n: Results per query, or None.
+        request: The checked settings every call uses (``filters``, ``top_k``, ``top_n``;
+            its ``queries`` are ignored: each call's query takes their place).
 
     Example:
         >>> retriever = pipe.as_retriever(top_n=3)  # doctest: +SKIP
@@ -238,21 +237,11 @@ class TwoStageRetriever(BaseRetriever):
         ['cosine', 'cosine', 'cosine']
     """
 
-    def __init__(
-        self,
-        stages: Any,
-        *,
-        embed: Any,
-        filters: MetadataFilters | None,
-        top_k: int,
-        top_n: int | None,
-    ) -> None:
+    def __init__(self, stages: Any, *, embed: Any, request: SearchRequest) -> None:
         super().__init__(callback_manager=CallbackManager([]))
         self._stages = stages
         self._embed = embed
-        self._filters = filters
-        self._top_k = top_k
-        self._top_n = top_n
+        self._request = request
 
     @property
     def reranker(self) -> CrossEncoderReranker | None:
@@ -260,10 +249,7 @@ class TwoStageRetriever(BaseRetriever):
         return self._stages().reranker
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        query = check_query(query_bundle.query_str)
-        request = SearchRequest(
-            queries=(query,), filters=self._filters, top_k=self._top_k, top_n=self._top_n
-        )
+        request = replace(self._request, queries=(check_query(query_bundle.query_str),))
         vectors = None if query_bundle.embedding is None else [query_bundle.embedding]
         (hits,) = self._stages().run(request, embed=self._embed, vectors=vectors)
         return list(hits)

@@ -517,29 +517,13 @@ class RetrievalService:
         top_k: int | None = None,
         top_n: int | None = None,
     ) -> list[list[RankedNode]]:
-        """:meth:`_retrieve_many`, refused at once while the store is down or the generation
-        damaged (``StorageError``, ``IndexDamagedError``: 503); a storage fault it meets turns
-        ``/readyz`` to 503 (the watcher's next probe that answers turns it back)."""
-        fault = self._fault() if self.pipe.generation is not None else None
-        if fault is not None:
-            raise fault
-        try:
-            return await self._retrieve_many(queries, filters=filters, top_k=top_k, top_n=top_n)
-        except StorageError as e:
-            self._storage_fault(e)
-            raise
-
-    async def _retrieve_many(
-        self,
-        queries: Sequence[str],
-        *,
-        filters: Any = None,
-        top_k: int | None = None,
-        top_n: int | None = None,
-    ) -> list[list[RankedNode]]:
         """Retrieve and rerank each query through the two stages of
         :mod:`gl_retrieval.retrieval.flow`, with the model calls batched across requests:
         exactly what ``pipe.retrieve_batch`` gives in process, to float tolerance.
+
+        Refused at once while the store is down or the loaded generation is damaged
+        (``StorageError``, ``IndexDamagedError``: 503); a storage fault it meets turns
+        ``/readyz`` to 503 (the watcher's next probe that answers turns it back).
 
         Raises:
             QueryError: a query, ``top_k`` or ``top_n`` is not acceptable (checked here once,
@@ -548,8 +532,19 @@ class RetrievalService:
                 fails, never its batch).
             IndexNotFoundError: no index is loaded yet.
         """
-        request = self.pipe.request(queries, filters=filters, top_k=top_k, top_n=top_n)
-        self.charge(request.queries)
+        fault = self._fault() if self.pipe.generation is not None else None
+        if fault is not None:
+            raise fault
+        try:
+            request = self.pipe.request(queries, filters=filters, top_k=top_k, top_n=top_n)
+            self.charge(request.queries)
+            return await self._run(request)
+        except StorageError as e:
+            self._storage_fault(e)
+            raise
+
+    async def _run(self, request: SearchRequest) -> list[list[RankedNode]]:
+        """The checked request through the flow's steps, the model calls through the batchers."""
         if self.pipe.generation is None:
             self._try_refresh()
             if self.pipe.generation is None:
