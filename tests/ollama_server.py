@@ -27,13 +27,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.loopback import Drop, LoopbackServer, RecordedRequest
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -84,19 +85,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the server saw it."""
-
-    method: str
-    path: str
-    body: Any
-
-
-class _Drop(Exception):
-    """Close the connection without answering (a crashed or restarted server)."""
-
-
 class _HTTPError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -104,8 +92,11 @@ class _HTTPError(Exception):
         self.message = message
 
 
-class FakeOllama:
+class FakeOllama(LoopbackServer):
     """An Ollama look-alike on ``127.0.0.1`` (port chosen by the OS), run in a daemon thread."""
+
+    name = "fake-ollama"
+    default_failure = "llama runner process has terminated"
 
     def __init__(
         self, encoder: SentenceTransformer, *, models: tuple[str, ...] = DEFAULT_MODELS
@@ -118,40 +109,8 @@ class FakeOllama:
         tok.no_truncation()
         tok.no_padding()
         self._tokenizer = tok
-        self._lock = threading.Lock()
-        self._release = threading.Event()
         self._default_models = models
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.reset()
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> FakeOllama:
-        """Start serving; returns self."""
-        handler = type("_Handler", (_Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="fake-ollama", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and release any hung request."""
-        self._release.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("FakeOllama is not started: call start() first")
-        return int(self._httpd.server_address[1])
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -167,34 +126,12 @@ class FakeOllama:
 
     def reset(self) -> None:
         """Forget recorded requests and faults; restore the default models."""
+        super().reset()
         with self._lock:
-            self._requests: list[RecordedRequest] = []
             self.models: set[str] = {_tagged(m) for m in self._default_models}
             self.context_length: int | None = None  # tokens, [CLS]/[SEP] included
-            self._fail: list[tuple[int, str]] = []
-            self._hang: list[float] = []
-            self._drop: list[bool] = []
             self._wrong_count: list[int] = []
             self._wrong_dim: list[int] = []
-            self._release.set()  # wake any request still hanging from an earlier test
-            self._release.clear()
-
-    def fail_next(
-        self, n: int = 1, *, status: int = 500, message: str = "llama runner process has terminated"
-    ) -> None:
-        """Answer the next ``n`` requests (any path) with ``status`` and ``{"error": message}``."""
-        with self._lock:
-            self._fail += [(status, message)] * n
-
-    def drop_next(self, n: int = 1) -> None:
-        """Close the connection without an answer on the next ``n`` requests."""
-        with self._lock:
-            self._drop += [True] * n
-
-    def hang_next(self, seconds: float, n: int = 1) -> None:
-        """Let the next ``n`` requests wait ``seconds`` before answering (released on stop)."""
-        with self._lock:
-            self._hang += [seconds] * n
 
     def wrong_count_next(self, delta: int = -1, n: int = 1) -> None:
         """Return ``delta`` more (or fewer) vectors than inputs on the next ``n`` embeds."""
@@ -206,37 +143,14 @@ class FakeOllama:
         with self._lock:
             self._wrong_dim += [dimension] * n
 
-    # -- what was seen -----------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    def requests_to(self, path: str) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == path]
-
     def count_tokens(self, text: str) -> int:
         """Tokens as the server counts them: bert-base-uncased WordPiece, [CLS]/[SEP] included."""
         return len(self._tokenizer.encode(text, add_special_tokens=True).ids)
 
     # -- request handling (called from handler threads) --------------------------------------
 
-    def _pop(self, queue: list[Any]) -> Any:
-        with self._lock:
-            return queue.pop(0) if queue else None
-
     def _before(self, method: str, path: str, body: Any) -> None:
-        with self._lock:
-            self._requests.append(RecordedRequest(method, path, body))
-        hang = self._pop(self._hang)
-        if hang and self._release.wait(hang):
-            # Released by reset()/stop(): the client gave up long ago. Answer nothing and
-            # consume no fault meant for a later test's requests.
-            raise _Drop()
-        if self._pop(self._drop):
-            raise _Drop()
-        fail = self._pop(self._fail)
+        fail = self.check_faults(RecordedRequest(method, path, body))
         if fail:
             raise _HTTPError(*fail)
 
@@ -366,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HTTPError(404, "404 page not found")
         except _HTTPError as e:
             self._json(e.status, {"error": e.message})
-        except _Drop:
+        except Drop:
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
         except (BrokenPipeError, ConnectionResetError):
@@ -412,6 +326,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+
+
+FakeOllama.handler = _Handler
 
 
 # -- pytest fixtures ----------------------------------------------------------------------------

@@ -27,14 +27,14 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from tests.loopback import Drop, LoopbackServer, RecordedRequest
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -47,20 +47,6 @@ __all__ = [
 
 DEFAULT_MODELS = ("local-model",)
 _RULE = "---------------------"  # what LlamaIndex's prompts put around the context
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the server saw it."""
-
-    method: str
-    path: str
-    body: Any
-    authorization: str | None
-
-
-class _Drop(Exception):
-    """Close the connection without answering (a crashed or restarted server)."""
 
 
 class _HTTPError(Exception):
@@ -102,44 +88,14 @@ def answer_for(texts: list[str]) -> str:
     return f"You said: {' '.join((texts[-1] if texts else '').split())[:80]}"
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     """An OpenAI-compatible look-alike on ``127.0.0.1`` (port chosen by the OS), in a thread."""
 
+    name = "fake-openai"
+
     def __init__(self, *, models: tuple[str, ...] = DEFAULT_MODELS) -> None:
-        self._lock = threading.Lock()
-        self._release = threading.Event()
         self._default_models = models
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.reset()
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def start(self) -> FakeOpenAI:
-        """Start serving; returns self."""
-        handler = type("_Handler", (_Handler,), {"fake": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="fake-openai", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and release any hung request."""
-        self._release.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("FakeOpenAI is not started: call start() first")
-        return int(self._httpd.server_address[1])
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -150,62 +106,21 @@ class FakeOpenAI:
 
     def reset(self) -> None:
         """Forget recorded requests and faults; restore the default models; no key needed."""
+        super().reset()
         with self._lock:
-            self._requests: list[RecordedRequest] = []
             self.models: set[str] = set(self._default_models)
             self.api_key: str | None = None
-            self._fail: list[tuple[int, str]] = []
-            self._hang: list[float] = []
-            self._drop: list[bool] = []
             self._break: list[int] = []
-            self._release.set()  # wake any request still hanging from an earlier test
-            self._release.clear()
-
-    def fail_next(self, n: int = 1, *, status: int = 500, message: str = "internal error") -> None:
-        """Answer the next ``n`` requests (any path) with ``status`` and OpenAI's error JSON."""
-        with self._lock:
-            self._fail += [(status, message)] * n
-
-    def hang_next(self, seconds: float, n: int = 1) -> None:
-        """Let the next ``n`` requests wait ``seconds`` before answering (released on reset)."""
-        with self._lock:
-            self._hang += [seconds] * n
-
-    def drop_next(self, n: int = 1) -> None:
-        """Close the connection without an answer on the next ``n`` requests."""
-        with self._lock:
-            self._drop += [True] * n
 
     def break_stream_next(self, after: int = 2, n: int = 1) -> None:
         """Cut the next ``n`` streams off after ``after`` chunks (no ``[DONE]``, no end)."""
         with self._lock:
             self._break += [after] * n
 
-    # -- what was seen -----------------------------------------------------------------------
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self._lock:
-            return list(self._requests)
-
-    def requests_to(self, path: str) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == path]
-
     # -- request handling (called from handler threads) --------------------------------------
 
-    def _pop(self, queue: list[Any]) -> Any:
-        with self._lock:
-            return queue.pop(0) if queue else None
-
     def _before(self, method: str, path: str, body: Any, authorization: str | None) -> None:
-        with self._lock:
-            self._requests.append(RecordedRequest(method, path, body, authorization))
-        hang = self._pop(self._hang)
-        if hang and self._release.wait(hang):
-            raise _Drop()  # released by reset()/stop(): the client gave up long ago
-        if self._pop(self._drop):
-            raise _Drop()
-        fail = self._pop(self._fail)
+        fail = self.check_faults(RecordedRequest(method, path, body, authorization))
         if fail:
             status, message = fail
             raise _openai_error(status, message, kind="server_error")
@@ -311,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HTTPError(404, {"detail": "Not Found"})
         except _HTTPError as e:
             self._json(e.status, e.body)
-        except _Drop:
+        except Drop:
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
         except (BrokenPipeError, ConnectionResetError):
@@ -380,6 +295,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+FakeOpenAI.handler = _Handler
 
 
 # -- pytest fixtures ----------------------------------------------------------------------------
