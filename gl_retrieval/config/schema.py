@@ -212,6 +212,21 @@ class RerankerConfig(_Strict, _BackendMixin):
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
     backend: Backend = Field(default="torch", description=_BACKEND_DOC)
     quantization: Quantization = Field(default="auto", description=_QUANT_DOC)
+    cache_mb: float = Field(
+        default=16.0,
+        ge=0,
+        le=1_000_000,
+        description="Rerank cache: memory for cross-encoder scores kept in this process, keyed "
+        "by the model and its precision, the query and the passage's exact text (a repeated "
+        "query skips the model; an edited passage is scored anew). About 200 bytes a score: "
+        "16 MiB holds ~84,000 (4,000 queries of top_k 20). 0: off.",
+    )
+    cache_entries: int | None = Field(
+        default=None,
+        ge=0,
+        description="Rerank cache: also cap the scores kept at this many; 0: off; null: "
+        "cache_mb alone bounds it.",
+    )
 
     @model_validator(mode="after")
     def _backend_fits(self) -> RerankerConfig:

@@ -219,7 +219,8 @@ def evaluate_pipeline(
                 (h.node.ref_doc_id or h.node.node_id, h.score) for h in hits
             )
             if reranker is not None:
-                scores = reranker.score_pairs(stages.pairs(req, [hits]))
+                # Not cached: the modes share pairs, and each stage's cost is the model's own.
+                scores = reranker.score_pairs(stages.pairs(req, [hits]), cache=False)
                 (ranked,) = stages.results(req, [hits], scores)
                 reranked[qid] = doc_level_ranking(
                     (h.doc_id or h.node.node_id, h.score) for h in ranked
@@ -299,7 +300,7 @@ def _time_single_queries(
         candidates = stages.candidates(req, vectors)
         t1 = time.perf_counter()
         if stages.reranker is not None:
-            scores = stages.reranker.score_pairs(stages.pairs(req, candidates))
+            scores = stages.reranker.score_pairs(stages.pairs(req, candidates), cache=False)
             stages.results(req, candidates, scores)
         t2 = time.perf_counter()
         first_ms.append((t1 - t0) * 1000)

@@ -15,6 +15,12 @@ say so (``rerank_stand_in=True``), rather than being sorted by noise and called 
 (``longest_first`` to ``max_length``) and the same activation as ``CrossEncoder.predict``. Every
 backend sorts the pairs by length before batching (less padding) and warns once per model when
 a pair is longer than ``max_length`` and gets cut.
+
+Every score goes through the **rerank cache** (:mod:`.score_cache`, sized by
+``reranker.cache_mb`` / ``cache_entries``): :meth:`CrossEncoderReranker.score_pairs` looks the
+pairs up first and runs the model only on those missing, so a repeated query skips the
+cross-encoder. Its key is the scorer's identity (what its loader loaded, and at what
+precision), the query and the passage's exact text.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from gl_retrieval.models import (
 )
 from gl_retrieval.models.devices import resolve_device
 from gl_retrieval.retrieval.results import RankedNode
+from gl_retrieval.retrieval.score_cache import CacheStats, ScoreCache, ScoreLookup, entries_for
 
 __all__ = ["CrossEncoderReranker", "PairScorer", "Scorer", "build_reranker"]
 
@@ -59,6 +66,10 @@ class PairScorer:
     :meth:`from_function` wraps any ``(query, passages) -> scores`` function (a fake in tests,
     a scoring service), grouping pairs by query and estimating four characters a token.
 
+    ``identity`` says what computes the scores: the loaders write the resolved model path,
+    revision, backend, precision, device and ``max_length`` into it; the rerank cache keys
+    scores by it. Default: unique to this object.
+
     Example:
         >>> s = PairScorer.from_function(lambda q, ps: [float(len(p)) for p in ps])
         >>> s.predict_pairs([("q", "ab"), ("r", "abc")]), s("q", ["a"])
@@ -71,10 +82,12 @@ class PairScorer:
         count_tokens: Callable[[Sequence[tuple[str, str]]], list[int]] | None = None,
         *,
         max_length: int | None = None,
+        identity: str | None = None,
     ) -> None:
         self._predict = predict_pairs
         self._count = count_tokens
         self._cap = max_length or 10**9
+        self.identity = identity or f"scorer:{id(self)}"
 
     @classmethod
     def from_function(cls, fn: Scorer, *, max_length: int | None = None) -> PairScorer:
@@ -125,13 +138,19 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     backend: str = "torch"
     quantization: str = "auto"
     threads: int | None = None
+    cache_mb: float = Field(default=16.0, ge=0, description="Rerank cache size; 0: off.")
+    cache_entries: int | None = Field(default=None, ge=0, description="Cap on cached scores.")
 
     _scorer: PairScorer | None = PrivateAttr(default=None)
     _stand_in: bool | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _cache: ScoreCache = PrivateAttr(default_factory=lambda: ScoreCache(max_entries=0))
 
     def __init__(self, *, scorer: Scorer | None = None, **data: Any) -> None:
         super().__init__(**data)
+        self._cache = ScoreCache(
+            max_entries=entries_for(max_mb=self.cache_mb, max_entries=self.cache_entries)
+        )
         self._scorer = None
         if scorer is not None:
             self._scorer = (
@@ -196,7 +215,7 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         """
         if not nodes:
             return []
-        scores = self.scorer(query, self.passages(nodes))
+        scores = self.score_pairs([(query, p) for p in self.passages(nodes)])
         return self.rank(nodes, scores, top_n=top_n)
 
     @staticmethod
@@ -204,13 +223,64 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         """The text the cross-encoder reads for each node (content with embed metadata)."""
         return [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, cache: bool = True) -> list[float]:
         """Score ``(query, passage)`` pairs of any number of queries in one model call.
 
+        The rerank cache is looked up first (:meth:`lookup`); only the pairs it lacks go to
+        the model (:meth:`score_missing`), so a repeated query does not run the model at all.
         With a custom ``scorer`` (which takes one query at a time) the pairs are grouped by
         query; scores come back in the order of ``pairs`` either way.
+
+        Args:
+            pairs: ``(query, passage)`` pairs.
+            cache: False: every pair goes to the model, and the cache is neither read nor
+                written (what ``eval`` times: the cross-encoder's own cost).
         """
-        return self.scorer.predict_pairs(pairs)
+        if not cache:
+            return self.scorer.predict_pairs(pairs)
+        found = self.lookup(pairs)
+        return found.complete(self.score_missing(found.missing))
+
+    def lookup(self, pairs: Sequence[tuple[str, str]]) -> ScoreLookup:
+        """The scores the rerank cache holds for ``pairs`` (counted as hits and misses), and
+        the pairs still to score, each distinct one once. Runs no model (it loads one, on
+        first use, to know its identity)."""
+        cache = self._cache
+        if not pairs or not cache.enabled:
+            return ScoreLookup.nothing_found(pairs)
+        keys = cache.keys(self.scorer.identity, pairs)
+        return ScoreLookup.of(pairs, keys, cache.get_many(keys))
+
+    def score_missing(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Score ``pairs`` with the model, each distinct pair once, and keep the scores in the
+        rerank cache; no lookup. :meth:`score_pairs` runs it on what :meth:`lookup` did not
+        find; ``serve``'s rerank batcher on the misses of many requests merged."""
+        if not pairs:
+            return []
+        cache = self._cache
+        if not cache.enabled:
+            return self.scorer.predict_pairs(pairs)
+        keys = cache.keys(self.scorer.identity, pairs)
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        unique = list(first.values())
+        scores = self.scorer.predict_pairs([pairs[i] for i in unique])
+        cache.put_many(list(first), scores)
+        by_key = dict(zip(first, scores, strict=True))
+        return [by_key[k] for k in keys]
+
+    def cache_stats(self) -> CacheStats:
+        """The rerank cache's hits, misses, evictions and size (``enabled`` False when
+        ``cache_mb`` or ``cache_entries`` is 0).
+
+        Example:
+            >>> rr = CrossEncoderReranker(model="m", scorer=lambda q, ps: [1.0] * len(ps))
+            >>> _ = rr.score_pairs([("q", "a")]), rr.score_pairs([("q", "a")])
+            >>> s = rr.cache_stats(); (s.hits, s.misses, s.entries)
+            (1, 1, 1)
+        """
+        return self._cache.stats()
 
     def count_pair_tokens(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Tokens each pair takes in the model (capped at ``max_length``); an estimate of four
@@ -358,7 +428,11 @@ def _load_cross_encoder(
             )
         return [len(ids) for ids in enc["input_ids"]]
 
-    return PairScorer(predict_pairs, count_tokens, max_length=max_length)
+    identity = (
+        f"torch|{path}|revision={revision}|device={dev}|"
+        f"{'fp16' if dev == 'cuda' else 'fp32'}|max_length={max_length}"
+    )
+    return PairScorer(predict_pairs, count_tokens, max_length=max_length, identity=identity)
 
 
 def _load_exported_cross_encoder(
@@ -414,7 +488,11 @@ def _load_exported_cross_encoder(
         encs, _ = tok.encode(list(pairs), max_length=limit)
         return [len(e.ids) for e in encs]
 
-    return PairScorer(predict_pairs, count_tokens, max_length=limit)
+    # The export's directory name holds the model's content hash, revision, backend, weights
+    # and runtime versions; ``quantization`` adds the runtime's precision hint (auto: bf16 on
+    # OpenVINO where the CPU has it).
+    identity = f"{backend}|{export}|quantization={quantization}|max_length={limit}"
+    return PairScorer(predict_pairs, count_tokens, max_length=limit, identity=identity)
 
 
 def build_reranker(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gl_retrieval._deps import require
+from gl_retrieval.retrieval.score_cache import CacheStats
 
 __all__ = ["ServeMetrics"]
 
@@ -82,6 +84,31 @@ class ServeMetrics:
             ["model"],
             registry=r,
         )
+
+    def watch_rerank_cache(self, stats: Callable[[], CacheStats]) -> None:
+        """Export the rerank cache's counts, read from ``stats`` at each scrape:
+        ``gl_retrieval_rerank_cache_{hits,misses,evictions}_total`` and the gauges
+        ``gl_retrieval_rerank_cache_{entries,max_entries,bytes}``."""
+        core = require("prometheus_client.core", extra="serve")
+
+        class _Collector:
+            def collect(self) -> Any:
+                s = stats()
+                name = "gl_retrieval_rerank_cache"
+                for field, doc in (
+                    ("hits", "Rerank pairs whose score came from the cache."),
+                    ("misses", "Rerank pairs looked up and not cached (scored by the model)."),
+                    ("evictions", "Cached rerank scores dropped to stay within the bound."),
+                ):
+                    yield core.CounterMetricFamily(f"{name}_{field}", doc, value=getattr(s, field))
+                for field, doc in (
+                    ("entries", "Rerank scores cached now."),
+                    ("max_entries", "Rerank scores the cache holds at most (0: off)."),
+                    ("bytes", "Memory the cached rerank scores take (estimated)."),
+                ):
+                    yield core.GaugeMetricFamily(f"{name}_{field}", doc, value=getattr(s, field))
+
+        self.registry.register(_Collector())
 
     def observe_batch(self, stage: str) -> Any:
         """A ``MicroBatcher`` ``observe`` callback for ``stage``."""

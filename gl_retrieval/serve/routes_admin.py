@@ -51,6 +51,8 @@ def add_admin_routes(app: FastAPI, service: RetrievalService) -> None:
             "reranker": service.pipe.reranker is not None,
             "retriever_mode": service.pipe.config.retriever.mode,
         }
+        if service.pipe.reranker is not None:
+            data["rerank_cache"] = service.pipe.reranker.cache_stats().to_dict()
         return json.loads(json.dumps(data, default=str))
 
     @app.get("/healthz", summary="Liveness")

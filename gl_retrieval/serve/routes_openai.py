@@ -106,8 +106,7 @@ def add_openai_routes(app: FastAPI, service: RetrievalService, limits: RequestLi
 
         async def work() -> Any:
             pairs = [(body.query, t) for t in texts]
-            tokens = await service.run(reranker.count_pair_tokens, pairs)
-            scores = await service.score_pairs(pairs, tokens=sum(tokens))
+            scores = await service.score_pairs(pairs)
             order = sorted(range(len(texts)), key=lambda i: -scores[i])
             out = []
             for i in order:

@@ -33,7 +33,9 @@ from gl_retrieval.errors import (
 )
 from gl_retrieval.pipeline import RetrievalPipeline
 from gl_retrieval.retrieval.flow import SearchRequest, TwoStage
+from gl_retrieval.retrieval.rerankers import CrossEncoderReranker
 from gl_retrieval.retrieval.results import RankedNode
+from gl_retrieval.retrieval.score_cache import ScoreLookup
 from gl_retrieval.serve.admission import Admission
 from gl_retrieval.serve.batching import MicroBatcher, Overloaded, split_by_length
 from gl_retrieval.serve.metrics import ServeMetrics
@@ -217,6 +219,7 @@ class RetrievalService:
             t0 = time.perf_counter()
             pipe.reranker.warmup()
             self.metrics.model_load.labels("reranker").set(time.perf_counter() - t0)
+            self.metrics.watch_rerank_cache(pipe.reranker.cache_stats)
         self._try_refresh()
         if cfg.batching:
             self.embed_workers = self._resolve_embed_workers()
@@ -485,27 +488,35 @@ class RetrievalService:
         reranker = self.pipe.reranker
         if reranker is None:
             raise GLRetrievalError("no reranker is configured")
-        flat = reranker.score_pairs([p for pairs in payloads for p in pairs])
+        # The payloads are what the cache lacked (score_pairs looked them up); a pair that
+        # several requests of this batch lack is scored once.
+        flat = reranker.score_missing([p for pairs in payloads for p in pairs])
         out, start = [], 0
         for pairs in payloads:
             out.append(flat[start : start + len(pairs)])
             start += len(pairs)
         return out
 
-    async def score_pairs(
-        self, pairs: list[tuple[str, str]], *, tokens: int | None = None
-    ) -> list[float]:
-        """Cross-encoder scores of ``pairs`` (merged with other requests' pairs, up to the
-        token budget, when batching is on)."""
+    async def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Cross-encoder scores of ``pairs``: those in the rerank cache at once, the rest by the
+        model (merged with other requests' pairs, up to the token budget, when batching is
+        on). A request whose pairs are all cached never reaches the rerank batcher."""
         if not pairs:
             return []
-        if self._rerank is not None:
-            cost = tokens if tokens is not None else len(pairs) * 64
-            return await self._rerank.submit(pairs, cost=cost)
         reranker = self.pipe.reranker
         if reranker is None:
             raise GLRetrievalError("no reranker is configured")
-        return await self.run(reranker.score_pairs, pairs)
+        # The lookup and the misses' token count (the batcher's cost) off the event loop.
+        found, tokens = await self._run_search(
+            _lookup_and_tokens, reranker, pairs, self._rerank is not None
+        )
+        if not found.missing:
+            return found.complete([])
+        if self._rerank is not None:
+            fresh = await self._rerank.submit(list(found.missing), cost=tokens)
+        else:
+            fresh = await self.run(reranker.score_missing, list(found.missing))
+        return found.complete(fresh)
 
     # -- retrieval -------------------------------------------------------------------------------
 
@@ -567,11 +578,8 @@ class RetrievalService:
             candidates = await self._run_search(stages.candidates, request, vecs)
         scores = None
         if stages.reranker is not None:
-            # Pairs and their token counts (the rerank batcher's cost) off the event loop.
-            pairs, tokens = await self._run_search(
-                _pairs_and_tokens, stages, request, candidates, self._rerank is not None
-            )
-            scores = await self.score_pairs(pairs, tokens=tokens or None)
+            pairs = await self._run_search(stages.pairs, request, candidates)
+            scores = await self.score_pairs(pairs)
         return stages.results(request, candidates, scores)
 
     # -- index jobs ------------------------------------------------------------------------------
@@ -618,11 +626,12 @@ def _first_stage(stages: TwoStage, request: SearchRequest, vectors: Any) -> Any:
         return _Failed(e)
 
 
-def _pairs_and_tokens(
-    stages: TwoStage, request: SearchRequest, candidates: Any, measure: bool
-) -> tuple[list[tuple[str, str]], int]:
-    """The request's rerank pairs, and their tokens when the rerank batcher needs its cost."""
-    pairs = stages.pairs(request, candidates)
-    reranker = stages.reranker
-    tokens = sum(reranker.count_pair_tokens(pairs)) if measure and reranker and pairs else 0
-    return pairs, tokens
+def _lookup_and_tokens(
+    reranker: CrossEncoderReranker, pairs: list[tuple[str, str]], measure: bool
+) -> tuple[ScoreLookup, int]:
+    """What the rerank cache holds of ``pairs``, and the tokens of the pairs it lacks when the
+    rerank batcher needs their cost."""
+    found = reranker.lookup(pairs)
+    missing = list(found.missing)
+    tokens = sum(reranker.count_pair_tokens(missing)) if measure and missing else 0
+    return found, max(1, tokens)
