@@ -69,7 +69,7 @@ def _config(base: Path, *, persist: str = "index", extra: str = "") -> Path:
     cfg.write_text(
         textwrap.dedent(
             f"""\
-            embedder: {{model: "{MINILM}", preset: e5, max_length: 64}}
+            embedder: {{model: "{MINILM}", preset: e5, max_length: 64, backend: torch}}
             sources: [{{path: data/corpus.jsonl}}]
             chunking: {{chunk_size: 60, chunk_overlap: 0}}
             storage: {{persist_dir: {persist}}}
@@ -276,6 +276,8 @@ def test_dev_split_is_seeded_disjoint_and_says_how_many(tmp_path: Path) -> None:
         ({"negatives": -1}, "negatives must be >= 0"),
         ({"relative_margin": 1.5}, "relative_margin"),
         ({"stage": "reranker", "negatives": 0}, "reranker stage needs negatives >= 1"),
+        ({"stage": "reranker", "loss": "cached_mnrl"}, "loss for the reranker must be one of"),
+        ({"base_model": "x"}, "base_model and random_negatives are reranker options"),
     ],
 )
 def test_bad_hyperparameters_name_themselves(kwargs: dict[str, Any], needle: str) -> None:
@@ -446,28 +448,136 @@ def test_output_loads_as_an_embedder_and_the_old_index_is_refused(
     assert hits
 
 
-def test_reranker_stage_on_the_tiny_cross_encoder(
+def _fake_dev(mp: pytest.MonkeyPatch, deltas: list[float]) -> None:
+    """Make each reranked dev evaluation (the configured reranker's first, then each epoch's)
+    return the first stage's metrics plus the next delta, after running the real path (so it
+    is exercised); deterministic selection."""
+    from gl_retrieval.train import reranker as rmod
+
+    real = rmod.DevReranking.reranked
+    left = list(deltas)
+
+    def fake(self: Any, reranker: Any) -> dict[str, float]:
+        measured = real(self, reranker)
+        if not left:
+            return measured
+        d = left.pop(0)
+        return {k: v + d if k.startswith("nDCG") else v for k, v in self.first_stage().items()}
+
+    mp.setattr(rmod.DevReranking, "reranked", fake)
+
+
+RERANK = dict(batch_size=4, dev_size=3, max_seq_length=64, negatives=1, show_progress=False)
+
+
+def test_reranker_stage_measures_dev_through_the_two_stages_and_keeps_the_best_epoch(
     env: dict[str, Any], tiny_cross_encoder: Path
 ) -> None:
     from gl_retrieval.train import FinetuneOptions, finetune
+    from gl_retrieval.train.reranker import DevReranking
 
-    cfg = _config(env["base"], extra=f"reranker: {{model: '{tiny_cross_encoder}', top_n: 3}}\n")
-    result = finetune(
-        cfg,
-        train=env["data"],
-        output=env["base"] / "rerank",
-        options=FinetuneOptions(
-            stage="reranker", batch_size=4, max_steps=2, dev_size=3, show_progress=False
-        ),
+    cfg = _config(
+        env["base"],
+        extra=f"reranker: {{model: '{tiny_cross_encoder}', top_n: 3, backend: torch}}\n",
     )
-    assert result.stage == "reranker" and result.steps == 2
-    assert result.before is None and result.after is None
-    assert any("not measured offline" in n for n in result.notes)
-    assert "reranker:" in result.config_change
+    seen: list[int] = []
+    with pytest.MonkeyPatch.context() as mp:
+        _fake_dev(mp, [0.0, 0.10, 0.05])  # epoch 1 beats the first stage, epoch 2 less so
+        real_init = DevReranking.__init__
+
+        def spy(self: Any, *a: Any, **kw: Any) -> None:
+            real_init(self, *a, **kw)
+            seen.append(len(self.candidates))
+
+        mp.setattr(DevReranking, "__init__", spy)
+        result = finetune(
+            cfg,
+            train=env["data"],
+            output=env["base"] / "rerank",
+            options=FinetuneOptions(stage="reranker", epochs=2, **RERANK),  # type: ignore[arg-type]
+        )
+    assert seen == [3]  # candidates computed once, for the 3 dev queries
+    fs = result.before["first_stage"]  # type: ignore[index]
+    assert set(fs) == {"nDCG@10", "MRR@10", "Recall@20"}  # top_k: the candidate depth
+    assert "configured_reranker" in result.before  # an unmarked cross-encoder counts as trained
+    assert [h["step"] > 0 for h in result.history] == [False, True, True]
+    assert result.best_epoch == 1.0 and result.improved is True
+    assert result.after["reranked"]["nDCG@10"] == pytest.approx(fs["nDCG@10"] + 0.10)  # type: ignore[index]
+    assert result.history[1]["saved"] and not result.history[2].get("saved")
+    assert "max_length: 64" in result.config_change
+    tj = json.loads((result.output / "training.json").read_text())
+    assert tj["improved"] is True and tj["best_epoch"] == 1.0 and tj["dev_before"] == result.before
+    assert "| before | 0 | 0 | first_stage |" in (result.output / "report.md").read_text()
     from gl_retrieval.config import RerankerConfig
     from gl_retrieval.retrieval.rerankers import build_reranker
 
-    rr = build_reranker(RerankerConfig(model=str(result.model_dir), top_n=2))
+    rr = build_reranker(RerankerConfig(model=str(result.model_dir), top_n=2, max_length=64))
     rr.warmup()
-    mining = json.loads((result.output / "training.json").read_text())["mining"]
-    assert mining["count"] == 3
+
+
+def test_reranker_that_beats_nothing_says_so_and_json_is_pure(
+    env: dict[str, Any], tiny_cross_encoder: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from gl_retrieval.cli import app
+
+    cfg = _config(
+        env["base"],
+        extra=f"reranker: {{model: '{tiny_cross_encoder}', top_n: 3, backend: torch}}\n",
+    )
+    args = ["finetune", str(cfg), "--train", str(env["data"]), "--stage", "reranker"]
+    args += ["--max-steps", "1", "--batch-size", "4", "--dev-size", "3", "--negatives", "1"]
+    args += ["--max-seq-length", "64", "--overwrite"]
+    runner = CliRunner()
+    with pytest.MonkeyPatch.context() as mp:
+        _fake_dev(mp, [0.0, -0.2])
+        res = runner.invoke(app, [*args, "--output", str(env["base"] / "r2"), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)  # stdout is one JSON document, nothing else
+    assert out["improved"] is False and out["stage"] == "reranker"
+    assert out["dev_before"]["first_stage"]["nDCG@10"] > out["dev_after"]["reranked"]["nDCG@10"]
+    assert any("no epoch beat the first stage alone" in n for n in out["notes"])
+    assert "trainer: loss" in res.stderr  # the trainer's logs went to stderr
+    with pytest.MonkeyPatch.context() as mp:
+        _fake_dev(mp, [0.0, -0.2])
+        res = runner.invoke(app, [*args, "--output", str(env["base"] / "r3")])
+    assert res.exit_code == 0, res.output
+    assert "change the config" not in res.stdout
+    assert "Not an improvement on dev" in res.stdout
+    report = (env["base"] / "r3" / "report.md").read_text()
+    assert "## Not an improvement" in report and "## Use it" not in report
+
+
+def test_a_bi_encoder_starts_a_reranker_with_a_fresh_head(
+    env: dict[str, Any], tiny_cross_encoder: Path
+) -> None:
+    from gl_retrieval.train import FinetuneOptions, finetune
+    from gl_retrieval.train.reranker import start_model
+
+    assert start_model(str(tiny_cross_encoder), revision=None)[1] is True
+    cfg = _config(
+        env["base"],
+        extra=f"reranker: {{model: '{tiny_cross_encoder}', top_n: 3, backend: torch}}\n",
+    )
+    result = finetune(
+        cfg,
+        train=env["data"],
+        output=env["base"] / "rerank-bi",
+        options=FinetuneOptions(
+            stage="reranker",
+            max_steps=1,
+            base_model="packaged:all-MiniLM-L6-v2",
+            **RERANK,  # type: ignore[arg-type]
+        ),
+    )
+    assert any("bi-encoder" in n and "fresh, untrained one-label head" in n for n in result.notes)
+    assert result.after is not None and result.improved is not None
+    tj = json.loads((result.output / "training.json").read_text())
+    assert (
+        tj["base"]["model"] == "packaged:all-MiniLM-L6-v2" and tj["base"]["cross_encoder"] is False
+    )
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(result.model_dir)
+    assert hf.architectures == ["BertForSequenceClassification"] and hf.num_labels == 1

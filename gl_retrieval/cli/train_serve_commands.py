@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -42,17 +44,58 @@ def finetune(
             help="What to train: `embedder` (the bi-encoder) or `reranker` (the cross-encoder)."
         ),
     ] = "embedder",
-    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Pairs per step (in-batch negatives).")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-5,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Passes over the training pairs; default 3 (embedder), 2 (reranker).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Pairs per step; default 32 (embedder), 16 (reranker).", show_default=False
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate; default 2e-5 (embedder), 1e-4 (reranker: a fresh head "
+            "needs more).",
+            show_default=False,
+        ),
+    ] = None,
     negatives: Annotated[
         int | None,
         typer.Option(
             help="Hard negatives mined per pair with the configured retriever; default 0 for "
-            "the embedder, 3 for the reranker.",
+            "the embedder, 4 for the reranker.",
             show_default=False,
         ),
     ] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedder: mnrl | cached_mnrl (default mnrl). Reranker: bce | mnrl | listnet "
+            "(default bce).",
+            show_default=False,
+        ),
+    ] = None,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            help="Reranker only: the starting point, a cross-encoder or any encoder (local "
+            "directory, hub id, packaged:all-MiniLM-L6-v2; a bi-encoder gets a fresh head); "
+            "default the config's reranker.model.",
+            show_default=False,
+        ),
+    ] = None,
+    random_negatives: Annotated[
+        int, typer.Option(help="Reranker only: random corpus negatives per pair, besides mined.")
+    ] = 0,
+    warmup_ratio: Annotated[
+        float, typer.Option(help="Fraction of the steps warming the learning rate up.")
+    ] = 0.1,
     max_steps: Annotated[
         int | None, typer.Option(help="Stop after this many steps.", show_default=False)
     ] = None,
@@ -92,6 +135,10 @@ def finetune(
         batch_size=batch_size,
         lr=lr,
         negatives=negatives,
+        loss=loss,
+        base_model=base_model,
+        random_negatives=random_negatives,
+        warmup_ratio=warmup_ratio,
         max_steps=max_steps,
         max_seq_length=max_seq_length,
         dev_size=dev_size,
@@ -103,25 +150,42 @@ def finetune(
     )
     opts.check()  # a bad hyperparameter fails before any model loads
     quiet_model_loading()
-    result = run_finetune(
-        load_config(config),
-        train=train,
-        dev=dev,
-        output=output,
-        options=opts,
-        progress=lambda msg: typer.echo(msg, err=True),
-    )
+    # Whatever a library prints while training (the trainer's loss dicts, bars) goes to
+    # stderr: stdout carries only the result (one JSON document with --json).
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_finetune(
+            load_config(config),
+            train=train,
+            dev=dev,
+            output=output,
+            options=opts,
+            progress=lambda msg: typer.echo(msg, err=True),
+        )
     if as_json:
         print_json(result.to_dict())
         return
     typer.echo(f"model: {result.model_dir}  ({result.steps} steps, {result.train_seconds:.0f}s)")
     if result.before and result.after:
-        for mode in result.after:
-            b, a = result.before[mode]["nDCG@10"], result.after[mode]["nDCG@10"]
-            typer.echo(f"dev {mode:<7} nDCG@10 {b:.4f} -> {a:.4f} ({a - b:+.4f})")
+        if result.stage == "reranker":
+            b = result.before["first_stage"]["nDCG@10"]
+            a = result.after["reranked"]["nDCG@10"]
+            typer.echo(
+                f"dev nDCG@10 first stage alone {b:.4f} -> with the new reranker {a:.4f} "
+                f"({a - b:+.4f}, best epoch {result.best_epoch:g})"
+            )
+            if "configured_reranker" in result.before:
+                c = result.before["configured_reranker"]["nDCG@10"]
+                typer.echo(f"dev nDCG@10 with the configured reranker {c:.4f}")
+        else:
+            for mode in result.after:
+                b, a = result.before[mode]["nDCG@10"], result.after[mode]["nDCG@10"]
+                typer.echo(f"dev {mode:<7} nDCG@10 {b:.4f} -> {a:.4f} ({a - b:+.4f})")
     for note in result.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"report: {result.output / 'report.md'}")
+    if result.improved is False:
+        typer.echo("\nNot an improvement on dev: keep the config as it is.")
+        return
     typer.echo("\nTo use it, change the config:\n")
     typer.echo(result.config_change)
 

@@ -22,13 +22,19 @@ _METRICS = ("nDCG@10", "MRR@10", "Recall@100")
 
 
 def config_change(
-    cfg: PipelineConfig, *, stage: str, model_dir: Path, family: Prefixes | None = None
+    cfg: PipelineConfig,
+    *,
+    stage: str,
+    model_dir: Path,
+    family: Prefixes | None = None,
+    max_length: int | None = None,
 ) -> str:
     """The YAML to paste into the config to use the new model, and what else it needs."""
     if stage == "reranker":
+        cut = f"  max_length: {max_length}  # as trained and measured\n" if max_length else ""
         return (
             "reranker:\n"
-            f"  model: {model_dir}\n"
+            f"  model: {model_dir}\n{cut}"
             "# The index stays valid: the reranker only reorders what the first stage returns."
         )
     lines = ["embedder:", "  provider: huggingface", f"  model: {model_dir}"]
@@ -50,12 +56,18 @@ def config_change(
 
 
 def _table(result: Any) -> list[str]:
-    rows = ["| when | epoch | step | mode | " + " | ".join(_METRICS) + " |"]
-    rows.append("|---|---:|---:|---|" + "---:|" * len(_METRICS))
+    first = result.history[0]["dev"] if result.history else {}
+    names = list(next(iter(first.values()))) if first else list(_METRICS)
+    rows = ["| when | epoch | step | mode | " + " | ".join(names) + " |"]
+    rows.append("|---|---:|---:|---|" + "---:|" * len(names))
     for h in result.history:
         when = "base model" if h["step"] == 0 else ("**kept**" if h.get("saved") else "trained")
+        if result.stage == "reranker" and h["step"] == 0:
+            when = "before"
         for mode, m in h["dev"].items():
-            vals = " | ".join(f"{m[k]:.4f}" for k in _METRICS)
+            if result.stage == "reranker" and h["step"] > 0 and mode == "first_stage":
+                continue  # the same candidates every epoch: shown once, before
+            vals = " | ".join(f"{m[k]:.4f}" for k in names)
             rows.append(f"| {when} | {h['epoch']:g} | {h['step']} | {mode} | {vals} |")
     return rows
 
@@ -91,18 +103,25 @@ def markdown_report(result: Any, summary: dict[str, Any]) -> str:
     for n in result.notes:
         lines.append(f"- {n}")
     lines.append("")
-    if result.stage == "embedder":
-        lines += ["## Dev metrics", "", *_table(result), ""]
-    else:
+    lines += ["## Dev metrics", "", *_table(result), ""]
+    if result.stage == "reranker":
         lines += [
-            "## Quality",
-            "",
-            "Not measured: no trained cross-encoder ships in any package, so there is nothing to "
-            "compare against offline. Measure it on your data with `gl-retrieval eval` using a "
-            "config whose `reranker.model` points at the new model.",
+            "`first_stage`: the configured first stage alone (its top_k candidates, computed "
+            "once); `reranked`: the same candidates reordered by the model of that epoch, "
+            "through the pipeline's two-stage flow; `configured_reranker`: the config's "
+            "reranker, when it is a trained one.",
             "",
         ]
-    lines += ["## Use it", "", "```yaml", result.config_change, "```", ""]
+    if result.improved is False:
+        lines += [
+            "## Not an improvement",
+            "",
+            "No epoch beat the first stage alone on dev nDCG@10: using this model would make "
+            "results worse. Keep the config as it is.",
+            "",
+        ]
+    else:
+        lines += ["## Use it", "", "```yaml", result.config_change, "```", ""]
     return "\n".join(lines)
 
 
@@ -140,7 +159,16 @@ def model_card(result: Any, summary: dict[str, Any]) -> str:
                 f"{after[mode]['nDCG@10']:.4f} |"
             )
     else:
-        lines.append("Quality was not measured offline (see report.md).")
+        fs = before.get("first_stage", {}).get("nDCG@10")
+        rr = after.get("reranked", {}).get("nDCG@10")
+        if fs is not None and rr is not None:
+            lines += [
+                "| dev nDCG@10 | first stage alone | first stage + this reranker |",
+                "|---|---:|---:|",
+                f"| {summary['dev']['queries']} queries | {fs:.4f} | {rr:.4f} |",
+            ]
+        if result.improved is False:
+            lines += ["", "**It did not beat the first stage alone on dev: do not use it.**"]
     lines += ["", "See `training.json` beside this directory for data hashes and settings.", ""]
     return "\n".join(lines)
 
@@ -208,6 +236,7 @@ def write_outputs(
         "best_epoch": result.best_epoch,
         "history": result.history,
         "steps": result.steps,
+        "improved": result.improved,
         "train_seconds": round(result.train_seconds, 1),
         "eval_seconds": round(result.eval_seconds, 1),
         "notes": result.notes,

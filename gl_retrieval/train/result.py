@@ -30,6 +30,9 @@ class FinetuneResult:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     steps: int = 0
+    #: True when the kept model beats the starting point on dev nDCG@10 (for the reranker: the
+    #: first stage alone); False: do not use it; None: not measured.
+    improved: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +48,7 @@ class FinetuneResult:
             "train_seconds": round(self.train_seconds, 1),
             "eval_seconds": round(self.eval_seconds, 1),
             "steps": self.steps,
+            "improved": self.improved,
         }
 
 

@@ -45,7 +45,7 @@ import numpy as np
 from gl_retrieval.config import HuggingFaceEmbedderConfig, PipelineConfig, load_config
 from gl_retrieval.config.presets import resolve_prefixes
 from gl_retrieval.errors import TrainingError
-from gl_retrieval.models.runtimes import apply_torch_threads, cpu_count
+from gl_retrieval.models.runtimes import apply_torch_threads, resolve_threads
 from gl_retrieval.train.corpus import Corpus, load_corpus
 from gl_retrieval.train.data import (
     TrainingData,
@@ -57,7 +57,7 @@ from gl_retrieval.train.data import (
 )
 from gl_retrieval.train.evaluate import dev_metrics
 from gl_retrieval.train.mining import mine_hard_negatives
-from gl_retrieval.train.options import FinetuneOptions, training_arguments
+from gl_retrieval.train.options import FinetuneOptions, progress_callback, training_arguments
 from gl_retrieval.train.result import (
     BEST_DIR,
     CHECKPOINTS,
@@ -253,8 +253,7 @@ def _training_threads(cfg: PipelineConfig) -> int:
     """``runtime.threads`` when set, else every core: training is a batch job that owns the
     machine while it runs, not a query path that must leave room for neighbours (on 2 cores,
     the query default of 1 thread made an epoch take twice as long)."""
-    threads = cfg.runtime.threads
-    return cpu_count() if threads == "auto" else int(threads)
+    return resolve_threads(cfg.runtime.threads, bulk=True)
 
 
 def finetune(
@@ -287,7 +286,7 @@ def finetune(
     """
     from gl_retrieval.pipeline import RetrievalPipeline
 
-    opts = options or FinetuneOptions()
+    opts = (options or FinetuneOptions()).resolved()  # the stage's defaults filled in
     opts.check()
     say = progress or (lambda _msg: None)
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
@@ -380,6 +379,8 @@ def finetune(
         return train_reranker(
             cfg,
             out=out,
+            stages=stages,
+            embedder=embedder,
             train_data=train_data,
             dev_data=dev_data,
             corpus=corpus,
@@ -537,8 +538,11 @@ def _train_embedder(
         args=args,
         train_dataset=dataset,
         loss=loss,
-        callbacks=[DevSelection()],
+        callbacks=[DevSelection(), progress_callback(say)],
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints loss dicts on stdout
     resume_from = None
     if opts.resume:
         ck = last_checkpoint(out)
@@ -559,7 +563,8 @@ def _train_embedder(
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(out / BEST_DIR, model_dir)
     after = best["dev"] if best else None
-    if after and after[primary]["nDCG@10"] <= before[primary]["nDCG@10"]:
+    improved = bool(after) and after[primary]["nDCG@10"] > before[primary]["nDCG@10"]
+    if after and not improved:
         notes.append(
             f"no epoch beat the base model on dev {primary} nDCG@10 "
             f"({before[primary]['nDCG@10']:.4f}); keep the base model"
@@ -583,6 +588,7 @@ def _train_embedder(
         train_seconds=train_seconds,
         eval_seconds=eval_time[0],
         steps=steps,
+        improved=improved,
     )
     write_outputs(
         result,
