@@ -789,6 +789,44 @@ class RetrievalPipeline:
         """:meth:`ask` in a worker thread."""
         return await asyncio.to_thread(self.ask, question, **kwargs)
 
+    def backends(self, *, settle: bool = False) -> dict[str, dict[str, Any] | None]:
+        """What runs the embedder and the reranker, and why: ``backend: auto`` resolved on this
+        machine (``BackendChoice.to_dict()``: backend, quantization, precision, reason, CPU tier,
+        model and flags, fallbacks, notices, parity verdict); None for a role without a local
+        model (no reranker, an Ollama embedder).
+
+        Args:
+            settle: Build the embedder and load the reranker first when ``auto`` picked a
+                quantized export, so its parity verdict is in: exports and checks it once if
+                nothing is cached (what ``models pull`` does). Default: loads nothing; an
+                embedder or reranker already loaded reports its settled choice.
+
+        Example:
+            >>> cfg = {"embedder": {"model": "packaged:all-MiniLM-L6-v2"}}
+            >>> pipe = RetrievalPipeline.from_config(cfg)
+            >>> sorted(pipe.backends()["embedder"])[:4]
+            ['backend', 'configured', 'cpu_model', 'fallbacks']
+        """
+        from gl_retrieval.models.backend_choice import resolve_backend
+        from gl_retrieval.models.parity import needs_parity
+
+        out: dict[str, dict[str, Any] | None] = {"embedder": None, "reranker": None}
+        emb = self._config.embedder
+        if emb.provider == "huggingface":
+            choice = resolve_backend(
+                "embedder", backend=emb.backend, quantization=emb.quantization, device=emb.device
+            )
+            built = self._embedder
+            if built is None and settle and needs_parity(choice):
+                built = self.embedder
+            out["embedder"] = (built.backend_choice if built else None) or choice.to_dict()
+        reranker = self.reranker
+        if reranker is not None:
+            if settle and needs_parity(reranker.backend_choice):
+                reranker.warmup()
+            out["reranker"] = reranker.backend_choice.to_dict()
+        return out
+
     def info(self) -> dict[str, Any]:
         """The manifest and counts of the committed index (no model is loaded).
 

@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 MINILM = "packaged:all-MiniLM-L6-v2"
 
+# `backend: auto` (the default) would export and parity-check every test's model on its first
+# load; the suite pins it to torch, and tests/test_backend_auto.py unsets this to test auto.
+os.environ.setdefault("GL_RETRIEVAL_AUTO_BACKEND", "torch")
+
 
 def shared_dataset(name: str) -> Path:
     """Path of a dataset in ../shared/data, skipping the test when it is absent."""

@@ -89,8 +89,9 @@ def test_vectors_close_to_torch(which: str, minilm_embedder: Any, request: Any) 
     assert emb.max_tokens == minilm_embedder.max_tokens
     assert emb.tokenize_fn()(TEXTS[0]) == minilm_embedder.tokenize_fn()(TEXTS[0])
     fp, ref_fp = emb.fingerprint(), minilm_embedder.fingerprint()
-    assert {k: v for k, v in fp.items() if k not in ("backend", "precision")} == {
-        k: v for k, v in ref_fp.items() if k not in ("backend", "precision")
+    runtime = ("backend", "precision", "backend_choice")
+    assert {k: v for k, v in fp.items() if k not in runtime} == {
+        k: v for k, v in ref_fp.items() if k not in runtime
     }
     assert fp["backend"] == which.split("_")[0] and ref_fp["backend"] == "torch"
 
@@ -324,7 +325,9 @@ def test_runtime_threads_config_reaches_embedder_and_reranker(tiny_cross_encoder
 
 def test_config_rules() -> None:
     with pytest.raises(ValueError, match=r"int8.*needs backend 'onnx' or 'openvino'"):
-        HuggingFaceEmbedderConfig(model=MINILM, quantization="int8")
+        HuggingFaceEmbedderConfig(model=MINILM, backend="torch", quantization="int8")
+    # backend auto with int8: only int8 exports are tried (then torch)
+    assert HuggingFaceEmbedderConfig(model=MINILM, quantization="int8").backend == "auto"
     with pytest.raises(ValueError, match="runs on the CPU"):
         RerankerConfig(backend="openvino", device="cuda")
     assert RerankerConfig(backend="onnx", quantization="int8").backend == "onnx"

@@ -321,6 +321,10 @@ def test_info_and_index_job(served: Any) -> None:
     server, _, _ = served
     info = httpx.get(server.url + "/v1/info", headers=AUTH).json()
     assert info["documents"] == len(CORPUS) and info["generation"].startswith("gen-")
+    # backend auto resolved (pinned to torch for the suite by conftest), and why
+    assert info["backends"]["reranker"]["backend"] == "torch"
+    assert info["backends"]["reranker"]["reason"] == "GL_RETRIEVAL_AUTO_BACKEND=torch"
+    assert set(info["backends"]["embedder"]) >= {"backend", "precision", "tier", "cpu_model"}
     start = httpx.post(server.url + "/v1/index", json={}, headers=AUTH)
     assert start.status_code == 202
     job = start.json()

@@ -42,6 +42,7 @@ def validate(
     available here).
     """
     from gl_retrieval.cli.checks import check_config, describe_embedder
+    from gl_retrieval.pipeline import RetrievalPipeline
 
     cfg: PipelineConfig = load_config(config)
     problems = check_config(cfg, sources=True, filters=filters)
@@ -52,7 +53,9 @@ def validate(
         kinds = {p.kind for p in errors}
         raise typer.Exit(EXIT_BAD_INPUT if kinds - {"model"} else EXIT_RUNTIME)
     if as_json:
-        print_json(cfg.model_dump(mode="json"))
+        # The config, plus what `backend: auto` resolves to on this machine (nothing loads).
+        backends = RetrievalPipeline(cfg).backends()
+        print_json({**cfg.model_dump(mode="json"), "backends": backends})
     else:
         typer.echo(
             f"{config}: ok ({describe_embedder(cfg)}, "

@@ -29,6 +29,7 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
         exports_dir,
         spec_dict,
     )
+    from gl_retrieval.pipeline import RetrievalPipeline
 
     cfg = load_config(config)
     reports, failures = [], []
@@ -49,6 +50,14 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
         exports.append({**spec_dict(spec), "path": str(path)})
         if not as_json:
             typer.echo(f"{spec.kind}: {spec.model} -> {spec.backend} {spec.weights}: {path}")
+    # backend auto: the chosen exports, built and checked against fp32 (parity) now.
+    backends = RetrievalPipeline(cfg).backends(settle=not failures)
+    for role, choice in backends.items():
+        if choice is not None and not as_json:
+            typer.echo(
+                f"{role}: backend {choice['configured']} -> {choice['backend']} "
+                f"{choice['precision']} ({choice['reason']})"
+            )
     if as_json:
         print_json(
             {
@@ -56,6 +65,7 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
                 "models": [r.to_dict() for r in reports],
                 "exports_cache": str(exports_dir()),
                 "exports": exports,
+                "backends": backends,
             }
         )
     if failures:

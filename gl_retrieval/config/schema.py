@@ -48,17 +48,25 @@ __all__ = [
 ]
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
-Backend = Literal["torch", "onnx", "openvino"]
+Backend = Literal["auto", "torch", "onnx", "openvino"]
 Quantization = Literal["auto", "none", "int8"]
 
 _BACKEND_DOC = (
+    "auto: picked for this machine from a measured table (torch on a GPU; on the CPU, by its "
+    "flags: openvino int8 (reranker) or bf16 (embedder) with AMX or AVX-512 bf16, onnx int8 with "
+    "AVX2 or VNNI, else torch), a quantized export used only after it matched fp32 torch on fixed "
+    "inputs (reranker: Spearman >= 0.98 and max score difference <= 0.1 of the scores' spread; "
+    "embedder: cosine >= 0.98), else the next choice (docs/performance.md); "
+    "GL_RETRIEVAL_AUTO_BACKEND=torch pins it. "
     "torch (sentence-transformers), or an export run by onnx (onnxruntime) or openvino on the "
     "CPU; exports are built once and cached (`gl-retrieval models pull`), and a query path with "
     "no torch backend never imports torch. Needs the [onnx] / [openvino] extra."
 )
 _QUANT_DOC = (
     "auto: fp32 for torch (fp16 on CUDA) and onnx, OpenVINO's default precision for openvino "
-    "(bf16 on CPUs with bf16 units); none: fp32; int8: int8 weights (onnx, openvino only)."
+    "(bf16 on CPUs with bf16 units), the table's choice for backend auto; none: fp32 (backend "
+    "auto then skips int8 and bf16); int8: int8 weights (onnx, openvino; backend auto then "
+    "tries only int8 exports before torch)."
 )
 
 
@@ -73,7 +81,7 @@ class _BackendMixin:
                 "but backend is 'torch'"
             )
         device = self.device  # type: ignore[attr-defined]
-        if backend != "torch" and device not in ("auto", "cpu"):
+        if backend not in ("torch", "auto") and device not in ("auto", "cpu"):
             raise ValueError(
                 f"{section}.backend {backend!r} runs on the CPU, but device is {device!r}: "
                 "use device 'cpu' (or 'auto'), or backend 'torch' for the GPU"
@@ -129,7 +137,7 @@ class HuggingFaceEmbedderConfig(_EmbedderCommon, _BackendMixin):
         le=limits.MAX_TOKENS,
         description="Max tokens per input; default: the model's own.",
     )
-    backend: Backend = Field(default="torch", description=_BACKEND_DOC)
+    backend: Backend = Field(default="auto", description=_BACKEND_DOC)
     quantization: Quantization = Field(default="auto", description=_QUANT_DOC)
     unpad: bool = Field(
         default=True,
@@ -210,7 +218,7 @@ class RerankerConfig(_Strict, _BackendMixin):
         description="Max tokens per query+passage pair; longer ones are cut.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
-    backend: Backend = Field(default="torch", description=_BACKEND_DOC)
+    backend: Backend = Field(default="auto", description=_BACKEND_DOC)
     quantization: Quantization = Field(default="auto", description=_QUANT_DOC)
     cache_mb: float = Field(
         default=16.0,

@@ -32,6 +32,11 @@ class GLEmbedding(BaseEmbedding):
     query_prefix: str = Field(default="", description="Prepended to every query.")
     document_prefix: str = Field(default="", description="Prepended to every document chunk.")
     normalize: bool = Field(default=True, description="Return unit-length vectors.")
+    backend_choice: dict[str, Any] | None = Field(
+        default=None,
+        description="How the runtime was chosen (``backend: auto``, gl_retrieval.models."
+        "backend_choice): recorded in the manifest beside backend and precision.",
+    )
 
     # -- what subclasses implement -------------------------------------------------------------
 

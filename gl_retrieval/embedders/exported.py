@@ -162,4 +162,5 @@ class ExportedEmbedder(GLEmbedding):
             "max_length": self.seq_length,
             "backend": self.backend,
             "precision": self.precision,
+            **({"backend_choice": self.backend_choice} if self.backend_choice else {}),
         }

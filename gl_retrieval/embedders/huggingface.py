@@ -209,6 +209,7 @@ class SentenceTransformerEmbedder(GLEmbedding):
             "max_length": int(self.st_model.max_seq_length),
             "backend": "torch",
             "precision": "fp16" if str(self.st_model.device).startswith("cuda") else "fp32",
+            **({"backend_choice": self.backend_choice} if self.backend_choice else {}),
         }
 
 

@@ -91,13 +91,14 @@ class ExportSpec:
 
 
 def configured_exports(cfg: PipelineConfig) -> list[ExportSpec]:
-    """The exports a config's embedder and reranker need (none for torch or Ollama)."""
+    """The exports a config's embedder and reranker name (none for torch or Ollama; ``auto``'s
+    are built where it settles, :meth:`RetrievalPipeline.backends`)."""
     out = []
     emb = cfg.embedder
-    if emb.provider == "huggingface" and emb.backend != "torch":
+    if emb.provider == "huggingface" and emb.backend not in ("torch", "auto"):
         out.append(ExportSpec(emb.model, "embedder", emb.backend, emb.quantization, emb.revision))
     rr = cfg.reranker
-    if rr is not None and rr.backend != "torch":
+    if rr is not None and rr.backend not in ("torch", "auto"):
         out.append(ExportSpec(rr.model, "reranker", rr.backend, rr.quantization, rr.revision))
     return out
 

@@ -46,7 +46,9 @@ from gl_retrieval.models import (
     quiet_model_loads,
     resolve_model_path,
 )
+from gl_retrieval.models.backend_choice import BackendChoice, resolve_backend
 from gl_retrieval.models.devices import resolve_device
+from gl_retrieval.models.parity import ParityVerdict
 from gl_retrieval.retrieval.results import RankedNode
 from gl_retrieval.retrieval.score_cache import CacheStats, ScoreCache, ScoreLookup, entries_for
 
@@ -170,17 +172,30 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         if self._scorer is None:
             with self._lock:
                 if self._scorer is None:
-                    self._scorer = _shared_scorer(
-                        self.model,
-                        device=self.device,
-                        batch_size=self.batch_size,
-                        max_length=self.max_length,
-                        revision=self.revision,
-                        backend=self.backend,
-                        quantization=self.quantization,
-                        threads=self.threads,
-                    )
+                    self._scorer = _shared_scorer(self.model, **self._settings())
         return self._scorer
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "max_length": self.max_length,
+            "revision": self.revision,
+            "backend": self.backend,
+            "quantization": self.quantization,
+            "threads": self.threads,
+        }
+
+    @property
+    def backend_choice(self) -> BackendChoice:
+        """What runs the model, and why: ``backend: auto`` resolved on this machine (with its
+        parity verdict once the model is loaded), or the configured backend. Loads nothing."""
+        loaded = _choices.get(_scorer_key(self.model, self._settings()))
+        if loaded is not None:
+            return loaded
+        return resolve_backend(
+            "reranker", backend=self.backend, quantization=self.quantization, device=self.device
+        )
 
     @property
     def stand_in(self) -> bool:
@@ -329,12 +344,22 @@ _scorers: dict[tuple[Any, ...], PairScorer] = {}
 _scorers_lock = threading.Lock()
 
 
+_choices: dict[tuple[Any, ...], BackendChoice] = {}
+
+
+def _scorer_key(model: str, settings: dict[str, Any]) -> tuple[Any, ...]:
+    return (model, *sorted(settings.items()))
+
+
 def _shared_scorer(model: str, **settings: Any) -> PairScorer:
-    """Load a cross-encoder once per process and settings; every reranker using it shares it."""
-    key = (model, *sorted(settings.items()))
+    """Load a cross-encoder once per process and settings; every reranker using it shares it.
+    ``backend: auto`` is resolved here, once (:func:`_auto_scorer`)."""
+    key = _scorer_key(model, settings)
     with _scorers_lock:
         if key not in _scorers:
-            if settings["backend"] == "torch":
+            if settings["backend"] == "auto":
+                _choices[key], _scorers[key] = _auto_scorer(model, **settings)
+            elif settings["backend"] == "torch":
                 settings.pop("backend")
                 settings.pop("quantization")
                 _scorers[key] = _load_cross_encoder(model, **settings)
@@ -342,6 +367,68 @@ def _shared_scorer(model: str, **settings: Any) -> PairScorer:
                 settings.pop("device")
                 _scorers[key] = _load_exported_cross_encoder(model, **settings)
         return _scorers[key]
+
+
+def _auto_scorer(model: str, **settings: Any) -> tuple[BackendChoice, PairScorer]:
+    """``backend: auto``: the table's choice for this CPU (:mod:`~gl_retrieval.models.
+    backend_choice`), a quantized export kept only if it scores the fixed pairs
+    (:func:`~gl_retrieval.models.parity.parity_pairs`) like fp32 torch (the verdict is cached
+    beside the export), else the next candidate."""
+    from gl_retrieval.models.exports import ExportSpec, ensure_export
+    from gl_retrieval.models.parity import (
+        judge_scores,
+        parity_pairs,
+        read_verdict,
+        settle,
+        write_verdict,
+    )
+    from gl_retrieval.models.stand_in import is_stand_in
+
+    device, quant = settings.pop("device"), settings.pop("quantization")
+    settings.pop("backend")
+    choice = resolve_backend("reranker", backend="auto", quantization=quant, device=device)
+    built: dict[tuple[str, str], PairScorer] = {}
+    reference: list[float] = []
+
+    def check(c: BackendChoice) -> ParityVerdict:
+        spec = ExportSpec(
+            model=model,
+            kind="reranker",
+            backend=c.backend,  # type: ignore[arg-type]
+            quantization=c.quantization,  # type: ignore[arg-type]
+            revision=settings["revision"],
+        )
+        export = ensure_export(spec, log=log.info)
+        verdict = read_verdict(export, c.precision)
+        if verdict is not None:
+            return verdict
+        scorer = built[c.backend, c.quantization] = _load_exported_cross_encoder(
+            model, backend=c.backend, quantization=c.quantization, **settings
+        )
+        if model == STAND_IN_RERANKER or is_stand_in(model):
+            verdict = ParityVerdict(
+                "reranker", c.backend, c.precision, 0, ok=True, checked=False,
+                note="not judged: a stand-in model has random weights",
+            )  # fmt: skip
+        else:
+            pairs = parity_pairs()
+            if not reference:  # fp32 torch on the CPU, once
+                torch_scorer = _load_cross_encoder(model, device="cpu", **settings)
+                reference.extend(torch_scorer.predict_pairs(pairs))
+            got = scorer.predict_pairs(pairs)
+            verdict = judge_scores(reference, got, backend=c.backend, precision=c.precision)
+        write_verdict(export, verdict)
+        return verdict
+
+    choice = settle(choice, check=check)
+    if choice.backend == "torch":
+        return choice, _load_cross_encoder(model, device=device, **settings)
+    scorer = built.get((choice.backend, choice.quantization))
+    if scorer is None:
+        scorer = _load_exported_cross_encoder(
+            model, backend=choice.backend, quantization=choice.quantization, **settings
+        )
+    return choice, scorer
 
 
 class _TruncationNotice:

@@ -39,6 +39,7 @@ def add_admin_routes(app: FastAPI, service: RetrievalService) -> None:
         except IndexNotFoundError:
             data = {"documents": 0, "chunks": 0}
         data["generation"] = service.pipe.generation
+        data["backends"] = service.pipe.backends()
         data["ready"] = service.ready
         data["serve"] = {
             "batching": cfg.batching,

@@ -116,10 +116,18 @@ def embed_workers_for(config: PipelineConfig, *, cores: int | None = None) -> in
         return int(scfg.embed_workers)
     if not scfg.batching:
         return 1
+    from gl_retrieval.models.backend_choice import resolve_backend
     from gl_retrieval.models.runtimes import cpu_count
 
     emb = config.embedder
-    unpadded = isinstance(emb, HuggingFaceEmbedderConfig) and emb.backend == "torch" and emb.unpad
+    unpadded = (
+        isinstance(emb, HuggingFaceEmbedderConfig)
+        and emb.unpad
+        and resolve_backend(
+            "embedder", backend=emb.backend, quantization=emb.quantization, device=emb.device
+        ).backend
+        == "torch"
+    )
     cores = cpu_count() if cores is None else cores
     return 2 if unpadded and config.reranker is None and cores >= 2 else 1
 
