@@ -294,7 +294,12 @@ class RetrievalPipeline:
         return attach_lexical if self._config.storage.backend == "embedded" else None
 
     def index(
-        self, *, rebuild: bool = False, prune: bool = False, show_progress: bool | None = None
+        self,
+        *,
+        rebuild: bool = False,
+        prune: bool = False,
+        show_progress: bool | None = None,
+        threads: int | None = None,
     ) -> IndexSummary:
         """Index the config's ``sources``: embed only new or changed documents, commit atomically.
 
@@ -304,11 +309,18 @@ class RetrievalPipeline:
             show_progress: A progress bar while embedding. Default (None): when someone is
                 watching, i.e. stderr is a terminal or this runs in a notebook; ``False``
                 silences it (so does ``TQDM_DISABLE=1``). Model loads never print bars.
+            threads: The embedder's intra-op threads for this job. Default: ``runtime.threads``,
+                where ``auto`` means every core (a bulk job; queries keep their share, restored
+                when the job ends). ``serve``'s index jobs pass the query share.
         """
         if not self._config.sources:
             raise ConfigError("the config has no `sources` to index: add sources: [{path: ...}]")
         return self._write(
-            index_sources, rebuild=rebuild, prune=prune, show_progress=want_progress(show_progress)
+            index_sources,
+            threads=threads,
+            rebuild=rebuild,
+            prune=prune,
+            show_progress=want_progress(show_progress),
         )
 
     def index_documents(
@@ -318,6 +330,7 @@ class RetrievalPipeline:
         rebuild: bool = False,
         prune: bool = False,
         show_progress: bool | None = None,
+        threads: int | None = None,
     ) -> IndexSummary:
         """Index these documents instead of the config's ``sources`` (same incremental rules).
 
@@ -327,6 +340,8 @@ class RetrievalPipeline:
             prune: Remove indexed documents that are not in ``documents``.
             show_progress: A progress bar while embedding (default: when someone is
                 watching; see :meth:`index`).
+            threads: The embedder's threads for this job (default: every core under
+                ``runtime.threads: auto``; see :meth:`index`).
 
         Example:
             >>> from gl_retrieval.ingest.sources import Document
@@ -334,15 +349,22 @@ class RetrievalPipeline:
         """
         return self._write(
             functools.partial(index_documents, documents),
+            threads=threads,
             rebuild=rebuild,
             prune=prune,
             show_progress=want_progress(show_progress),
         )
 
-    def _write(self, run: Callable[..., IndexSummary], **options: bool) -> IndexSummary:
-        """Run one indexing function under the storage's writer lock, then drop the loaded index
-        so the next query sees the new commit."""
-        with self._write_lock, self.storage.write_lock():
+    def _write(
+        self, run: Callable[..., IndexSummary], *, threads: int | None, **options: bool
+    ) -> IndexSummary:
+        """Run one indexing function under the storage's writer lock, with the bulk threads
+        (:func:`~gl_retrieval.models.runtimes.resolve_threads` ``bulk=True``), then drop the
+        loaded index so the next query sees the new commit."""
+        from gl_retrieval.models.runtimes import resolve_threads
+
+        n = resolve_threads(self._config.runtime.threads, bulk=True) if threads is None else threads
+        with self._write_lock, self.storage.write_lock(), self.embedder.bulk_threads(n):
             summary = run(
                 config=self._config,
                 embedder=self.embedder,

@@ -29,6 +29,7 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
         exports_dir,
         spec_dict,
     )
+    from gl_retrieval.models.runtimes import resolve_threads, torch_threads
     from gl_retrieval.pipeline import RetrievalPipeline
 
     cfg = load_config(config)
@@ -44,14 +45,17 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
         if not as_json:
             typer.echo(report.line())
     exports = []
-    for spec in configured_exports(cfg):
-        quiet_model_loading()
-        path = ensure_export(spec, log=lambda line: typer.echo(line, err=True))
-        exports.append({**spec_dict(spec), "path": str(path)})
-        if not as_json:
-            typer.echo(f"{spec.kind}: {spec.model} -> {spec.backend} {spec.weights}: {path}")
-    # backend auto: the chosen exports, built and checked against fp32 (parity) now.
-    backends = RetrievalPipeline(cfg).backends(settle=not failures)
+    # Building exports is a bulk job: torch (the exporter) gets every core under
+    # runtime.threads auto (a model that loads meanwhile applies its own threads).
+    with torch_threads(resolve_threads(cfg.runtime.threads, bulk=True)):
+        for spec in configured_exports(cfg):
+            quiet_model_loading()
+            path = ensure_export(spec, log=lambda line: typer.echo(line, err=True))
+            exports.append({**spec_dict(spec), "path": str(path)})
+            if not as_json:
+                typer.echo(f"{spec.kind}: {spec.model} -> {spec.backend} {spec.weights}: {path}")
+        # backend auto: the chosen exports, built and checked against fp32 (parity) now.
+        backends = RetrievalPipeline(cfg).backends(settle=not failures)
     for role, choice in backends.items():
         if choice is not None and not as_json:
             typer.echo(

@@ -247,9 +247,10 @@ class RuntimeConfig(_Strict):
 
     threads: int | Literal["auto"] = Field(
         default="auto",
-        description="Intra-op threads of every model runtime. auto: half the cores, divided by "
-        "the worker processes, clamped to 1..4 (see docs/performance.md: oversubscribing a "
-        "shared CPU costs 10x more than an idle core).",
+        description="Intra-op threads of every model runtime. auto: for queries, half the "
+        "cores, divided by the worker processes, clamped to 1..4 (see docs/performance.md: "
+        "oversubscribing a shared CPU costs 10x more than an idle core); for bulk jobs (index, "
+        "eval's indexing, models pull exports, finetune), every core. An integer applies to both.",
     )
 
     @field_validator("threads")

@@ -14,6 +14,7 @@ retriever) with a few guarantees on top:
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +78,12 @@ class GLEmbedding(BaseEmbedding):
         """True when a batch's padding costs no compute (the padding-free BERT forward of
         :mod:`gl_retrieval.embedders.unpadded`): callers need not split batches by length."""
         return False
+
+    def bulk_threads(self, threads: int) -> contextlib.AbstractContextManager[None]:
+        """A ``with`` block in which this embedder runs with ``threads`` intra-op threads (a bulk
+        job: indexing), its query threads restored on exit. Default: nothing to set (a remote
+        server's threads are its own)."""
+        return contextlib.nullcontext()
 
     def check_lengths(self, texts: Sequence[str], *, ids: Sequence[str] | None = None) -> None:
         """Raise before indexing when a text is longer than the model takes and the provider

@@ -9,9 +9,10 @@ and cached (:mod:`gl_retrieval.models.exports`); a process that finds it cached 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,8 @@ class ExportedEmbedder(GLEmbedding):
     _tok: FastTokenizer | None = PrivateAttr(default=None)
     _meta: dict[str, Any] = PrivateAttr(default_factory=dict)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _bulk: int | None = PrivateAttr(default=None)  # threads of a running bulk job
+    _bulk_runner: Runner | None = PrivateAttr(default=None)
 
     def __init__(self, *, model: str, batch_size: int = 64, **data: Any) -> None:
         super().__init__(model=model, model_name=model, embed_batch_size=batch_size, **data)
@@ -100,13 +103,42 @@ class ExportedEmbedder(GLEmbedding):
         """Load (exporting first if nothing is cached) and embed one tiny batch."""
         self._encode(["warmup"], show_progress=False)
 
+    @contextlib.contextmanager
+    def bulk_threads(self, threads: int) -> Iterator[None]:
+        """Embed with ``threads`` threads in the block. A runtime session's threads are fixed
+        when it opens, so a second session of the same export opens on the block's first batch
+        and is dropped on exit (the model's memory twice, for the job's duration)."""
+        if threads == self.threads:
+            yield
+            return
+        self._bulk = threads
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._bulk, self._bulk_runner = None, None
+
+    def _runner_now(self) -> tuple[Runner, FastTokenizer]:
+        run, tok = self._load()
+        if self._bulk is None:
+            return run, tok
+        with self._lock:
+            if self._bulk is not None and self._bulk_runner is None:
+                self._bulk_runner = load_runner(
+                    self.backend,
+                    model_file(ensure_export(self.spec, log=log.info)),
+                    threads=self._bulk,
+                    quantization=self.quantization,
+                )
+            return self._bulk_runner or run, tok
+
     @property
     def seq_length(self) -> int:
         self._load()
         return int(self.max_length or self._meta["max_length"])
 
     def _encode(self, texts: Sequence[str], *, show_progress: bool) -> np.ndarray:
-        run, tok = self._load()
+        run, tok = self._runner_now()
         encs, _ = tok.encode(list(texts), max_length=self.seq_length)
         order = np.argsort([-len(e.ids) for e in encs], kind="stable")
         out = np.zeros((len(encs), self.dimension), dtype=np.float32)

@@ -8,8 +8,9 @@ sentence-transformers to normalise again on top of a model's own ``Normalize`` l
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,7 @@ class SentenceTransformerEmbedder(GLEmbedding):
     # Every use of the tokenizer outside encode() (see embedders.unpadded for why).
     _tok_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _model_normalizes: bool = PrivateAttr(default=False)
+    _bulk: int | None = PrivateAttr(default=None)  # threads of a running bulk job
 
     def __init__(self, *, model: str, batch_size: int = 64, **data: Any) -> None:
         super().__init__(model=model, model_name=model, embed_batch_size=batch_size, **data)
@@ -109,7 +111,10 @@ class SentenceTransformerEmbedder(GLEmbedding):
             with self._lock:
                 if self._st is None:
                     m = load_sentence_transformer(
-                        self.model, device=self.device, revision=self.revision, threads=self.threads
+                        self.model,
+                        device=self.device,
+                        revision=self.revision,
+                        threads=self._bulk if self._bulk is not None else self.threads,
                     )
                     if self.max_length is not None:
                         m.max_seq_length = self.max_length
@@ -125,6 +130,25 @@ class SentenceTransformerEmbedder(GLEmbedding):
     def warmup(self) -> None:
         """Load the model and run one tiny batch, so the first request pays nothing."""
         self._encode(["warmup"], show_progress=False)
+
+    @contextlib.contextmanager
+    def bulk_threads(self, threads: int) -> Iterator[None]:
+        """torch runs with ``threads`` threads in the block (the model loads with them if it
+        loads there), then with the query threads again. torch's setting is process-wide (see
+        :func:`gl_retrieval.models.runtimes.torch_threads`). An embedder built without
+        ``threads`` leaves torch's setting alone."""
+        if self.threads is None:
+            yield
+            return
+        self._bulk = threads
+        if self._st is not None:
+            apply_torch_threads(threads)
+        try:
+            yield
+        finally:
+            self._bulk = None
+            if self._st is not None:
+                apply_torch_threads(self.threads)
 
     # -- the contract --------------------------------------------------------------------------
 

@@ -12,15 +12,26 @@ it leaves room for the other stage, the HTTP server and the neighbours, and beyo
 small models used here gain little per query. Under ``serve`` pass ``workers=`` so N workers
 together never ask for more than half the machine.
 
+Bulk jobs are the exception: ``index`` (CLI and ``RetrievalPipeline.index``), the indexing inside
+``eval``, ``models pull``'s exports and ``finetune`` own the machine while they run, so ``auto``
+gives them **every core** (``resolve_threads(threads, bulk=True)``; on 2 cores, one thread made
+``index`` of Cranfield run at 0.48x raw sentence-transformers, see docs/performance.md). An
+explicit integer applies to bulk jobs and queries alike. torch's threads are process-wide, so a
+bulk job sets them for its duration and puts the query share back afterwards
+(:func:`torch_threads`, ``GLEmbedding.bulk_threads``); ``serve``'s index jobs keep the query
+share, since the process goes on answering queries while they run.
+
 Nothing here imports torch: the onnxruntime and OpenVINO paths must stay torch-free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +48,7 @@ __all__ = [
     "openvino_precision",
     "resolve_threads",
     "serve_threads",
+    "torch_threads",
 ]
 
 #: ``feeds -> first output``: what an exported model looks like to the embedder and reranker.
@@ -85,10 +97,21 @@ def serve_threads(*, batching: bool, cores: int | None = None, workers: int = 1)
     return default_threads(cores=cores)
 
 
-def resolve_threads(threads: int | str | None, *, workers: int = 1) -> int:
-    """Threads for a ``runtime.threads`` value: an int, or ``auto``/None for the default."""
+def resolve_threads(threads: int | str | None, *, workers: int = 1, bulk: bool = False) -> int:
+    """Threads for a ``runtime.threads`` value: an int, or ``auto``/None for the default.
+
+    Args:
+        threads: ``runtime.threads``.
+        workers: Processes (or model workers) sharing the machine (query path only).
+        bulk: A bulk job (indexing, exports, training): ``auto`` is every core
+            (:func:`cpu_count`) instead of the query default (:func:`default_threads`).
+
+    Example:
+        >>> resolve_threads(3, bulk=True), resolve_threads("auto", bulk=True) == cpu_count()
+        (3, True)
+    """
     if threads is None or threads == "auto":
-        return default_threads(workers=workers)
+        return cpu_count() if bulk else default_threads(workers=workers)
     return int(threads)
 
 
@@ -101,6 +124,28 @@ def apply_torch_threads(threads: int) -> None:
     with _torch_lock:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` for the ``with`` block, then put back.
+
+    For a bulk job in a process that also answers queries. Process-wide: queries that run in
+    other threads meanwhile use ``threads`` too. Does nothing where torch is not installed (an
+    onnx/openvino-only install runs no torch).
+    """
+    if importlib.util.find_spec("torch") is None:
+        yield
+        return
+    torch = require("torch")
+    with _torch_lock:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        with _torch_lock:
+            torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=4)

@@ -31,6 +31,7 @@ from gl_retrieval.errors import (
     IndexNotFoundError,
     StorageError,
 )
+from gl_retrieval.models.runtimes import resolve_threads
 from gl_retrieval.pipeline import RetrievalPipeline
 from gl_retrieval.retrieval.flow import SearchRequest, TwoStage
 from gl_retrieval.retrieval.rerankers import CrossEncoderReranker
@@ -609,7 +610,10 @@ class RetrievalService:
 
     def _run_job(self, job: IndexJob) -> None:
         try:
-            summary = self.pipe.index(prune=job.prune)
+            # The query share, not every core: this process goes on answering queries.
+            summary = self.pipe.index(
+                prune=job.prune, threads=resolve_threads(self.pipe.config.runtime.threads)
+            )
             job.summary = summary.to_dict()
             job.state = "succeeded"
         except Exception as e:
