@@ -101,7 +101,8 @@ def encode(self, texts, *, show_progress):
 SentenceTransformerEmbedder._encode = encode
 from gl_retrieval import RetrievalPipeline
 src, work = Path(sys.argv[1]), Path(sys.argv[2])
-cfg = {"embedder": {"model": "packaged:all-MiniLM-L6-v2"}, "storage": {"persist_dir": str(work)},
+cfg = {"embedder": {"model": "packaged:all-MiniLM-L6-v2", "backend": "torch"},
+       "storage": {"persist_dir": str(work)},
        "sources": [{"path": str(src)}], "chunking": {"chunk_size": 254, "chunk_overlap": 32}}
 pipe = RetrievalPipeline.from_config(cfg)
 pipe.embedder.warmup(); pipe.embedder.dimension

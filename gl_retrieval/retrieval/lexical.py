@@ -106,6 +106,74 @@ def analyze(text: str) -> list[str]:
 # -- the index --------------------------------------------------------------------------------
 
 
+#: Chunks per block while the BM25 matrix is built (bounds the temporary arrays).
+_FIT_BLOCK = 16384
+
+
+def _fit_lucene(bm25: Any, docs: list[np.ndarray], vocab: dict[str, int]) -> None:
+    """Fill ``bm25`` (a ``bm25s.BM25`` with :data:`BM25_PARAMS`) from term ids, in numpy.
+
+    The same matrix as ``bm25.index(list_of_token_lists)`` (Lucene's BM25: idf
+    ``ln(1 + (N - df + 0.5) / (df + 0.5))``, term weight ``tf / (tf + k1 (1 - b + b dl / avgdl))``,
+    a CSC matrix of documents x terms, the empty term last), without bm25s's per-token Python
+    objects: its own build holds several of those per term of the corpus, which made the BM25
+    rebuild the largest memory cost of indexing one big file (docs/hostile-inputs.md).
+    ``docs`` is emptied as it is consumed.
+    """
+    k1, b = float(BM25_PARAMS["k1"]), float(BM25_PARAMS["b"])
+    n_docs = len(docs)
+    lengths = np.fromiter((len(d) for d in docs), np.int64, n_docs)
+    avg_len = float(lengths.mean())
+    vocab.setdefault("", len(vocab))  # bm25s's empty term: scores documents with no terms
+    n_terms = len(vocab)
+    # (term, doc, tf) for every distinct term of every document, a block of documents at a time.
+    term_parts, doc_parts, tf_parts = [], [], []
+    for start in range(0, n_docs, _FIT_BLOCK):
+        block = docs[start : start + _FIT_BLOCK]
+        docs[start : start + _FIT_BLOCK] = [None] * len(block)  # type: ignore[list-item]
+        sizes = np.fromiter((len(d) for d in block), np.int64, len(block))
+        if not sizes.sum():
+            continue
+        flat = np.concatenate(block).astype(np.int64)
+        doc = np.repeat(np.arange(start, start + len(block), dtype=np.int64), sizes)
+        keys, tf = np.unique(doc * n_terms + flat, return_counts=True)
+        doc_parts.append((keys // n_terms).astype(np.int32))
+        term_parts.append((keys % n_terms).astype(np.int32))
+        tf_parts.append(tf.astype(np.float32))
+    docs.clear()
+    term = np.concatenate(term_parts) if term_parts else np.zeros(0, np.int32)
+    doc = np.concatenate(doc_parts) if doc_parts else np.zeros(0, np.int32)
+    tf = np.concatenate(tf_parts) if tf_parts else np.zeros(0, np.float32)
+    del term_parts, doc_parts, tf_parts
+    df = np.bincount(term, minlength=n_terms).astype(np.float32)
+    idf = np.log(
+        np.float32(1) + (np.float32(n_docs) - df + np.float32(0.5)) / (df + np.float32(0.5))
+    )
+    # In place where it can be: these arrays have one entry per (document, distinct term).
+    weight = (k1 * (1 - b + b * lengths / avg_len)).astype(np.float32)[doc]
+    weight += tf
+    np.divide(tf, weight, out=tf)
+    del weight
+    tf *= idf[term]  # now the BM25 weight of every (document, term)
+    order = np.argsort(term, kind="stable")  # by term, then (already) by document
+    indptr = np.zeros(n_terms + 1, np.int64)
+    np.cumsum(np.bincount(term, minlength=n_terms), out=indptr[1:])
+    del term
+    data = tf[order]
+    del tf
+    indices = doc[order]
+    del doc, order
+    bm25.scores = {
+        "data": data,
+        "indices": indices,
+        "indptr": indptr,
+        "num_docs": n_docs,
+    }
+    bm25.vocab_dict = vocab
+    bm25.unique_token_ids_set = set(vocab.values())
+    bm25.nonoccurrence_array = None
+
+
 class LexicalIndex:
     """BM25 over a fixed list of chunks (``node_ids``, in row order)."""
 
@@ -127,13 +195,17 @@ class LexicalIndex:
         """
         bm25s = require("bm25s")
         ids: list[str] = []
-        tokens: list[list[str]] = []
+        vocab: dict[str, int] = {}
+        docs: list[np.ndarray] = []  # each chunk's term ids: 4 bytes a term
         for node_id, text in chunks:
             ids.append(node_id)
-            tokens.append(analyze(text))
+            terms = analyze(text)
+            docs.append(
+                np.fromiter((vocab.setdefault(t, len(vocab)) for t in terms), np.int32, len(terms))
+            )
         bm25 = bm25s.BM25(**BM25_PARAMS)
         if ids:
-            bm25.index(tokens, show_progress=False)
+            _fit_lucene(bm25, docs, vocab)
         return cls(ids, bm25)
 
     def row(self, node_id: str) -> int | None:

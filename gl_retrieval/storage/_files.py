@@ -11,6 +11,7 @@ so the file is readable and ``json.loads`` parses it whole at C speed) plus a ``
 
 from __future__ import annotations
 
+import array
 import json
 import mmap
 import os
@@ -83,7 +84,7 @@ def write_npy_chunks(f: BinaryIO, chunks: Iterable[np.ndarray], *, shape: tuple[
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
     np.lib.format.write_array_header_2_0(f, {**header, "shape": shape})
     for chunk in chunks:
-        f.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
+        f.write(memoryview(np.ascontiguousarray(chunk, dtype="<f4")))  # no bytes copy
 
 
 def write_json_rows(f: BinaryIO, rows: Iterable[bytes]) -> np.ndarray:
@@ -92,16 +93,17 @@ def write_json_rows(f: BinaryIO, rows: Iterable[bytes]) -> np.ndarray:
     Returns:
         The ``(n, 2)`` int64 byte spans ``[start, end)`` of every row in the file.
     """
-    spans: list[tuple[int, int]] = []
+    spans = array.array("q")  # 16 bytes a row, not a tuple of two ints (~90)
     pos = f.write(b"[")
     for i, raw in enumerate(rows):
         if i:
             pos += f.write(b",")
         pos += f.write(b"\n")
-        spans.append((pos, pos + len(raw)))
+        spans.append(pos)
+        spans.append(pos + len(raw))
         pos += f.write(raw)
     f.write(b"\n]\n")
-    return np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    return np.frombuffer(spans, dtype=np.int64).reshape(-1, 2).copy()
 
 
 class JsonRows:

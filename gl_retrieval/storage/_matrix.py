@@ -66,10 +66,12 @@ class VectorRows:
         self.n_live -= 1
         return True
 
-    def vectors_of(self, rows: np.ndarray) -> Iterator[np.ndarray]:
-        """Vectors of the ascending ``rows``, in chunks of at most :data:`CHUNK` rows."""
-        for i in range(0, len(rows), CHUNK):
-            chunk = rows[i : i + CHUNK]
+    def vectors_of(self, rows: np.ndarray, *, size: int = CHUNK) -> Iterator[np.ndarray]:
+        """Vectors of the ascending ``rows``, in chunks of at most ``size`` rows (copies: a
+        writer passes a small ``size`` so that persisting never holds a second copy of the
+        whole matrix)."""
+        for i in range(0, len(rows), size):
+            chunk = rows[i : i + size]
             split = int(np.searchsorted(chunk, self._nb))
             parts = [self._tail[chunk[split:] - self._nb]]
             if split:

@@ -73,6 +73,8 @@ _NODE_TYPES: dict[str, type[BaseNode]] = {
 }
 #: Nodes kept decoded for ``query(shared_nodes=True)``, at most (then the cache starts over).
 _SHARED_NODES = 50_000
+#: Rows per chunk when vectors are written (4,096 x 384-d float32 = 6 MiB).
+_WRITE_ROWS = 4096
 _SETTINGS = (
     "similarity",
     "ann",
@@ -309,7 +311,9 @@ class EmbeddedVectorStore(BasePydanticVectorStore):
         _require_local(fs)
         rows = np.flatnonzero(self._vectors.live)
         gen = Generation(Path(persist_path))
-        chunks, shape = self._vectors.vectors_of(rows), (len(rows), self.dim or 0)
+        # Small chunks: the copy a write needs stays a few MiB, whatever the store's size.
+        chunks = self._vectors.vectors_of(rows, size=_WRITE_ROWS)
+        shape = (len(rows), self.dim or 0)
         gen.put("vectors", "npy", lambda f: write_npy_chunks(f, chunks, shape=shape))
         gen.put_npy("norms", self._vectors.norms[rows])
         ids_refs = {
