@@ -467,6 +467,10 @@ def _fake_dev(mp: pytest.MonkeyPatch, deltas: list[float]) -> None:
     mp.setattr(rmod.DevReranking, "reranked", fake)
 
 
+def _reranker(model: Path) -> str:
+    return f"reranker: {{model: '{model}', top_n: 3, backend: torch}}\n"
+
+
 RERANK = dict(batch_size=4, dev_size=3, max_seq_length=64, negatives=1, show_progress=False)
 
 
@@ -476,10 +480,7 @@ def test_reranker_stage_measures_dev_through_the_two_stages_and_keeps_the_best_e
     from gl_retrieval.train import FinetuneOptions, finetune
     from gl_retrieval.train.reranker import DevReranking
 
-    cfg = _config(
-        env["base"],
-        extra=f"reranker: {{model: '{tiny_cross_encoder}', top_n: 3, backend: torch}}\n",
-    )
+    cfg = _config(env["base"], extra=_reranker(tiny_cross_encoder))
     seen: list[int] = []
     with pytest.MonkeyPatch.context() as mp:
         _fake_dev(mp, [0.0, 0.10, 0.05])  # epoch 1 beats the first stage, epoch 2 less so
@@ -518,27 +519,39 @@ def test_reranker_stage_measures_dev_through_the_two_stages_and_keeps_the_best_e
 def test_reranker_that_beats_nothing_says_so_and_json_is_pure(
     env: dict[str, Any], tiny_cross_encoder: Path
 ) -> None:
+    """Also: a bi-encoder (the packaged MiniLM) starts a reranker with a fresh head, noted."""
+    from transformers import AutoConfig
     from typer.testing import CliRunner
 
     from gl_retrieval.cli import app
+    from gl_retrieval.train.reranker import start_model
 
-    cfg = _config(
-        env["base"],
-        extra=f"reranker: {{model: '{tiny_cross_encoder}', top_n: 3, backend: torch}}\n",
-    )
+    assert start_model(str(tiny_cross_encoder), revision=None)[1] is True
+    cfg = _config(env["base"], extra=_reranker(tiny_cross_encoder))
     args = ["finetune", str(cfg), "--train", str(env["data"]), "--stage", "reranker"]
     args += ["--max-steps", "1", "--batch-size", "4", "--dev-size", "3", "--negatives", "1"]
     args += ["--max-seq-length", "64", "--overwrite"]
     runner = CliRunner()
+    start = ["--base-model", "packaged:all-MiniLM-L6-v2"]
     with pytest.MonkeyPatch.context() as mp:
         _fake_dev(mp, [0.0, -0.2])
-        res = runner.invoke(app, [*args, "--output", str(env["base"] / "r2"), "--json"])
+        res = runner.invoke(app, [*args, *start, "--output", str(env["base"] / "r2"), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)  # stdout is one JSON document, nothing else
     assert out["improved"] is False and out["stage"] == "reranker"
     assert out["dev_before"]["first_stage"]["nDCG@10"] > out["dev_after"]["reranked"]["nDCG@10"]
     assert any("no epoch beat the first stage alone" in n for n in out["notes"])
+    assert any("bi-encoder" in n and "fresh, untrained one-label head" in n for n in out["notes"])
     assert "trainer: loss" in res.stderr  # the trainer's logs went to stderr
+    tj = json.loads((env["base"] / "r2" / "training.json").read_text())
+    assert tj["base"] == {
+        "model": "packaged:all-MiniLM-L6-v2",
+        "revision": None,
+        "prefixes": None,
+        "cross_encoder": False,
+    }
+    hf = AutoConfig.from_pretrained(out["model_dir"])
+    assert hf.architectures == ["BertForSequenceClassification"] and hf.num_labels == 1
     with pytest.MonkeyPatch.context() as mp:
         _fake_dev(mp, [0.0, -0.2])
         res = runner.invoke(app, [*args, "--output", str(env["base"] / "r3")])
@@ -547,37 +560,3 @@ def test_reranker_that_beats_nothing_says_so_and_json_is_pure(
     assert "Not an improvement on dev" in res.stdout
     report = (env["base"] / "r3" / "report.md").read_text()
     assert "## Not an improvement" in report and "## Use it" not in report
-
-
-def test_a_bi_encoder_starts_a_reranker_with_a_fresh_head(
-    env: dict[str, Any], tiny_cross_encoder: Path
-) -> None:
-    from gl_retrieval.train import FinetuneOptions, finetune
-    from gl_retrieval.train.reranker import start_model
-
-    assert start_model(str(tiny_cross_encoder), revision=None)[1] is True
-    cfg = _config(
-        env["base"],
-        extra=f"reranker: {{model: '{tiny_cross_encoder}', top_n: 3, backend: torch}}\n",
-    )
-    result = finetune(
-        cfg,
-        train=env["data"],
-        output=env["base"] / "rerank-bi",
-        options=FinetuneOptions(
-            stage="reranker",
-            max_steps=1,
-            base_model="packaged:all-MiniLM-L6-v2",
-            **RERANK,  # type: ignore[arg-type]
-        ),
-    )
-    assert any("bi-encoder" in n and "fresh, untrained one-label head" in n for n in result.notes)
-    assert result.after is not None and result.improved is not None
-    tj = json.loads((result.output / "training.json").read_text())
-    assert (
-        tj["base"]["model"] == "packaged:all-MiniLM-L6-v2" and tj["base"]["cross_encoder"] is False
-    )
-    from transformers import AutoConfig
-
-    hf = AutoConfig.from_pretrained(result.model_dir)
-    assert hf.architectures == ["BertForSequenceClassification"] and hf.num_labels == 1
