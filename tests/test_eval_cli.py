@@ -115,8 +115,8 @@ def test_eval_modes_reuse_the_index_and_write_a_report(
     assert [r["name"] for r in data["runs"]] == ["dense", "bm25", "hybrid:rrf", "hybrid:convex"]
     assert data["metrics"] == data["runs"][0]["metrics"]
     n = data["queries"]
-    assert calls[0] == n  # all queries embedded in one batch; then one per timed query
-    assert all(c == 1 for c in calls[1:])
+    assert calls[0] == n - 3  # the untimed queries in one batch; then one per timed query
+    assert calls[1:] == [1] * 3 * 3  # 3 timed queries x the 3 modes that embed (not bm25)
     md = (out / "report.md").read_text()
     assert "| dense |" in md and "| hybrid:convex |" in md and "nDCG@10" in md
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -197,6 +197,46 @@ def test_eval_reports_retrieval_and_rerank_stages(cranfield_slice: dict[str, Pat
     assert reranked.metrics["nDCG@10"] < first.metrics["nDCG@10"]
     assert reranked.latency_ms["p50"] >= first.latency_ms["p50"]
     assert "| dense + rerank |" in report.markdown()
+
+
+def test_eval_json_reports_each_stage_cost_and_the_report_sets_them_side_by_side(
+    cranfield_slice: dict[str, Path], tiny_cross_encoder: Path, tmp_path: Path
+) -> None:
+    """Per-stage latency and process CPU per query, from the same TwoStage.run calls that
+    produce the rankings; the real cross-encoder path (a tiny random model), stdout pure JSON."""
+    cfg = tmp_path / "rerank.yaml"
+    cfg.write_text(
+        f'embedder: {{model: "{MINILM}"}}\n'
+        f"storage: {{persist_dir: {cranfield_slice['config'].parent / 'index'}}}\n"
+        f'reranker: {{model: "{tiny_cross_encoder}", backend: torch, top_n: 5}}\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "report"
+    args = ["eval", str(cfg), "--dataset", str(cranfield_slice["data"]), "--top-k", "20"]
+    result = CliRunner().invoke(
+        app, [*args, "--latency-queries", "4", "--report", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # nothing but the JSON on stdout
+    first, reranked = data["runs"]
+    assert (first["stage"], reranked["stage"]) == ("retrieval", "rerank")
+    for run in (first, reranked):
+        assert set(run["stage_cpu_ms"]) == {"mean", "p50", "p95"}
+        assert set(run["stage_latency_ms"]) == {"p50", "p95"}
+        assert all(v >= 0 for v in run["stage_cpu_ms"].values())
+        assert 0 < run["stage_latency_ms"]["p50"] <= run["stage_latency_ms"]["p95"]
+    # The first stage alone is the retrieval run's whole path; the rerank run's path adds
+    # the cross-encoder, which has 20 pairs a query to score.
+    assert first["stage_latency_ms"] == first["latency_ms"]
+    assert reranked["latency_ms"]["p50"] >= reranked["stage_latency_ms"]["p50"]
+    assert reranked["stage_cpu_ms"]["mean"] > 0
+    assert any("process CPU time" in n for n in data["notes"])
+    md = (out / "report.md").read_text()
+    assert "Stages side by side" in md
+    side = md.split("Stages side by side")[1]
+    assert f"| {first['name']} |" in side and "nDCG@10 first" in side
+    assert "rerank CPU ms/q" in side
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow

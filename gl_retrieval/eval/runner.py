@@ -9,9 +9,12 @@ retriever modes share one embedding pass), runs every judged query through the f
   something even when the config says ``top_k: 20``; the reranker (if any) reorders all of them.
 * Gains: trec_eval semantics; ``gains="auto"`` applies a dataset's documented preset (Cranfield:
   gain = 5 - code) and the report says so.
-* Queries are embedded in one batch for the metrics; latency is measured separately on the
-  full retrieve path of single queries (query embedding, search, fusion, rerank), on the first
-  ``latency_queries`` queries.
+* Every query goes through :meth:`TwoStage.run <gl_retrieval.retrieval.flow.TwoStage.run>`, the
+  path an app's request takes; its :class:`~gl_retrieval.retrieval.flow.StageTrace` gives the
+  first stage's candidates (scored as the ``retrieval`` run), the reranked results (the
+  ``rerank`` run) and each stage's wall and process-CPU time. The first ``latency_queries``
+  queries are embedded one at a time inside that call and timed; the rest get their vectors
+  from one batch.
 
 Example:
     >>> from gl_retrieval.eval.runner import evaluate_pipeline
@@ -22,10 +25,11 @@ Example:
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gl_retrieval.config import PipelineConfig, RetrieverConfig
 from gl_retrieval.errors import ConfigError
@@ -38,6 +42,9 @@ from gl_retrieval.eval.metrics import (
     load_beir,
 )
 from gl_retrieval.eval.report import EvalReport, RunResult
+
+if TYPE_CHECKING:
+    from gl_retrieval.retrieval.flow import StageTrace
 
 __all__ = [
     "RECALL_CURVE_KS",
@@ -154,7 +161,8 @@ def evaluate_pipeline(
             (also ``hybrid:rrf`` / ``hybrid:convex``); default: the configured mode.
         top_k: Chunks retrieved per query; default ``max(100, retriever.top_k)``.
         metrics: Metric names (see :func:`gl_retrieval.eval.metrics.evaluate`).
-        latency_queries: How many queries (the first ones) time the full single-query path.
+        latency_queries: How many queries (the first ones) are timed: embedded one at a time
+            inside the run, as an app's request is, for the latency and CPU figures.
         rebuild: Re-embed the corpus into a fresh index at the configured storage.
         progress: Called with one-line progress messages (the CLI prints them to stderr).
         show_progress: Show a progress bar while embedding the corpus.
@@ -168,7 +176,7 @@ def evaluate_pipeline(
             holds documents that are not in this corpus (evaluate on a dedicated index).
     """
     from gl_retrieval.ingest.sources import Skipped, read_jsonl
-    from gl_retrieval.retrieval.flow import SearchRequest
+    from gl_retrieval.retrieval.flow import SearchRequest, StageTrace
 
     say = progress or (lambda _msg: None)
     pipe = _pipeline(pipeline_or_config)
@@ -195,46 +203,58 @@ def evaluate_pipeline(
 
     qids = list(ds.queries)
     texts = [ds.queries[q] for q in qids]
+    n_timed = min(len(texts), max(1, latency_queries))
     needs_vectors = any(c.mode != "bm25" for _, c in runs_spec)
     vectors = None
-    if needs_vectors:
+    if needs_vectors and len(texts) > n_timed:
+        # The untimed queries: embedded in one batch, handed to the same run() call below.
         t0 = time.perf_counter()
-        vectors = pipe.embedder.embed_queries(texts)
-        say(f"embedded {len(texts)} queries in one batch in {time.perf_counter() - t0:.1f}s")
+        vectors = pipe.embedder.embed_queries(texts[n_timed:])
+        say(
+            f"embedded {len(texts) - n_timed} untimed queries in one batch in "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
     reranker = pipe.reranker
     curve = [c for c in RECALL_CURVE_KS if c <= k]
     curve_metrics = [f"Recall@{c}" for c in curve]
 
     results: list[RunResult] = []
     for name, rcfg in runs_spec:
-        # The library's own two stages (retrieval.flow), over the same index for each mode.
+        # The library's own two stages (retrieval.flow), over the same index for each mode: one
+        # TwoStage.run per query gives the first stage's candidates, the reranked results and
+        # each stage's wall and CPU time (StageTrace), from the same calls.
         stages = pipe.stages(retriever=rcfg)
         run: dict[str, list[str]] = {}
         reranked: dict[str, list[str]] = {}
+        cost = _StageCost()
         t_mode = time.perf_counter()
         for i, (qid, text) in enumerate(zip(qids, texts, strict=True)):
             req = SearchRequest(queries=(text,), filters=None, top_k=k, top_n=k)
-            (hits,) = stages.candidates(req, None if vectors is None else [vectors[i]])
+            timed = i < n_timed  # embedded inside run(), as an app's single request is
+            trace = StageTrace()
+            # Not cached: the modes share pairs, and each stage's cost is the model's own.
+            (ranked,) = stages.run(
+                req,
+                embed=pipe.embedder.embed_queries,
+                vectors=None if timed or vectors is None else [vectors[i - n_timed]],
+                trace=trace,
+                rerank_cache=False,
+            )
+            (hits,) = trace.candidates
             run[qid] = doc_level_ranking(
                 (h.node.ref_doc_id or h.node.node_id, h.score) for h in hits
             )
             if reranker is not None:
-                # Not cached: the modes share pairs, and each stage's cost is the model's own.
-                scores = reranker.score_pairs(stages.pairs(req, [hits]), cache=False)
-                (ranked,) = stages.results(req, [hits], scores)
                 reranked[qid] = doc_level_ranking(
                     (h.doc_id or h.node.node_id, h.score) for h in ranked
                 )
+            if timed:
+                cost.add(trace)
             if (i + 1) % 100 == 0:
                 say(f"{name}: {i + 1}/{len(qids)} queries")
         say(f"{name}: {len(qids)} queries in {time.perf_counter() - t_mode:.1f}s")
-        lat_first, lat_full = _time_single_queries(
-            stages, pipe.embedder.embed_queries, texts[: max(1, latency_queries)], k=k
-        )
-        stages = [("retrieval", run, lat_first)]
-        if reranker is not None:
-            stages.append(("rerank", reranked, lat_full))
-        for stage, stage_run, lat in stages:
+        per_stage = [("retrieval", run)] + ([("rerank", reranked)] if reranker else [])
+        for stage, stage_run in per_stage:
             scores = evaluate(stage_run, ds.qrels, metrics=[*metrics, *curve_metrics])
             results.append(
                 RunResult(
@@ -242,16 +262,20 @@ def evaluate_pipeline(
                     mode=rcfg.mode,
                     stage=stage,
                     metrics={m: scores[m] for m in metrics},
-                    latency_ms=latency_percentiles(lat),
+                    latency_ms=cost.latency(stage, cumulative=True),
                     recall_curve={c: scores[f"Recall@{c}"] for c in curve},
                     settings=_settings(rcfg),
+                    stage_latency_ms=cost.latency(stage, cumulative=False),
+                    stage_cpu_ms=cost.cpu(stage),
                 )
             )
-    n_lat = min(len(texts), max(1, latency_queries))
     notes.append(
         f"Latency: full single-query path (query embedding, search, fusion"
-        f"{', rerank' if reranker is not None else ''}) over the first {n_lat} queries; "
-        "metrics use queries embedded in one batch."
+        f"{', rerank' if reranker is not None else ''}) over the first {n_timed} queries, "
+        "each through one TwoStage.run call (the later queries' vectors come from one batch). "
+        "Per stage (stage_latency_ms, stage_cpu_ms): the first stage is the query embedding and "
+        "the search, the rerank stage the cross-encoder and the ordering; CPU is process CPU "
+        "time (time.process_time, the model runtime's threads included) per query."
     )
     return EvalReport(
         dataset=ds.name,
@@ -284,28 +308,35 @@ def _check_dedicated(pipe: Any, docs: Sequence[Any], *, rebuild: bool, corpus: P
         )
 
 
-def _time_single_queries(
-    stages: Any, embed: Any, texts: Sequence[str], *, k: int
-) -> tuple[list[float], list[float]]:
-    """Milliseconds of the first stage (embedding the query included) and of both stages, one
-    query at a time, as an app's single request runs them."""
-    from gl_retrieval.retrieval.flow import SearchRequest
+class _StageCost:
+    """Per-query wall and CPU milliseconds of each stage, from :class:`StageTrace` objects."""
 
-    first_ms: list[float] = []
-    full_ms: list[float] = []
-    for text in texts:
-        req = SearchRequest(queries=(text,), filters=None, top_k=k, top_n=k)
-        t0 = time.perf_counter()
-        vectors = embed([text]) if stages.needs_vectors else None
-        candidates = stages.candidates(req, vectors)
-        t1 = time.perf_counter()
-        if stages.reranker is not None:
-            scores = stages.reranker.score_pairs(stages.pairs(req, candidates), cache=False)
-            stages.results(req, candidates, scores)
-        t2 = time.perf_counter()
-        first_ms.append((t1 - t0) * 1000)
-        full_ms.append((t2 - t0) * 1000)
-    return first_ms, full_ms
+    def __init__(self) -> None:
+        self.first_ms: list[float] = []
+        self.first_cpu_ms: list[float] = []
+        self.rerank_ms: list[float] = []
+        self.rerank_cpu_ms: list[float] = []
+
+    def add(self, trace: StageTrace) -> None:
+        self.first_ms.append(trace.first_wall_s * 1000)
+        self.first_cpu_ms.append(trace.first_cpu_s * 1000)
+        self.rerank_ms.append(trace.rerank_wall_s * 1000)
+        self.rerank_cpu_ms.append(trace.rerank_cpu_s * 1000)
+
+    def latency(self, stage: str, *, cumulative: bool) -> dict[str, float]:
+        """p50/p95 of ``stage`` alone, or of the path up to and including it."""
+        if stage == "retrieval":
+            return latency_percentiles(self.first_ms)
+        if cumulative:
+            return latency_percentiles(
+                f + r for f, r in zip(self.first_ms, self.rerank_ms, strict=True)
+            )
+        return latency_percentiles(self.rerank_ms)
+
+    def cpu(self, stage: str) -> dict[str, float]:
+        """Process CPU milliseconds per query of ``stage`` alone: mean, p50 and p95."""
+        samples = self.first_cpu_ms if stage == "retrieval" else self.rerank_cpu_ms
+        return {"mean": round(statistics.fmean(samples), 3), **latency_percentiles(samples)}
 
 
 def write_report(report: EvalReport, out_dir: str | os.PathLike[str]) -> list[Path]:

@@ -26,8 +26,9 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -44,7 +45,7 @@ from gl_retrieval.retrieval.results import RankedNode
 from gl_retrieval.retrieval.retrievers import first_stage
 from gl_retrieval.storage import IndexHandle, Storage
 
-__all__ = ["SearchRequest", "TwoStage", "TwoStageRetriever", "check_request"]
+__all__ = ["SearchRequest", "StageTrace", "TwoStage", "TwoStageRetriever", "check_request"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,33 @@ class SearchRequest:
     filters: MetadataFilters | None
     top_k: int
     top_n: int | None
+
+
+@dataclass
+class StageTrace:
+    """What one :meth:`TwoStage.run` call did, stage by stage: handed in empty, filled by the call
+    (``eval`` reads it to score the first stage and time each stage from the calls that produce
+    the results).
+
+    Times are wall seconds (``time.perf_counter``) and **process** CPU seconds
+    (``time.process_time``: every thread of the process, so a model runtime's intra-op threads
+    count, and so would anything else the process runs meanwhile; ``eval`` runs nothing else).
+
+    Attributes:
+        candidates: The first stage's candidates per query, before any reranking.
+        first_wall_s: Embedding the queries (when ``run`` embeds them) and the first stage.
+        first_cpu_s: The same, in process CPU seconds.
+        rerank_wall_s: The pairs, the cross-encoder and the ordering (0 without a reranker).
+        rerank_cpu_s: The same, in process CPU seconds.
+        pairs: How many ``(query, passage)`` pairs the reranker scored.
+    """
+
+    candidates: list[list[RankedNode]] = field(default_factory=list)
+    first_wall_s: float = 0.0
+    first_cpu_s: float = 0.0
+    rerank_wall_s: float = 0.0
+    rerank_cpu_s: float = 0.0
+    pairs: int = 0
 
 
 def check_request(
@@ -197,7 +225,13 @@ class TwoStage:
         return out
 
     def run(
-        self, request: SearchRequest, *, embed: Any, vectors: Sequence[Any] | None = None
+        self,
+        request: SearchRequest,
+        *,
+        embed: Any,
+        vectors: Sequence[Any] | None = None,
+        trace: StageTrace | None = None,
+        rerank_cache: bool = True,
     ) -> list[list[RankedNode]]:
         """All four steps in this thread: one ``embed`` call for every query (unless
         ``vectors`` are given), one ``score_pairs`` call for every pair.
@@ -206,15 +240,32 @@ class TwoStage:
             request: From :func:`check_request`.
             embed: ``queries -> vectors`` (the embedder's ``embed_queries``).
             vectors: The query vectors, when the caller has them already.
+            trace: Filled with each stage's candidates and cost (see :class:`StageTrace`).
+            rerank_cache: False: every pair goes to the cross-encoder (``eval`` measures the
+                model's own cost, and its modes share pairs).
         """
         if not request.queries:
             return []
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         if vectors is None and self.needs_vectors:
             vectors = list(embed(list(request.queries)))
         candidates = self.candidates(request, vectors)
+        wall1, cpu1 = time.perf_counter(), time.process_time()
         pairs = self.pairs(request, candidates)
-        scores = self.reranker.score_pairs(pairs) if self.reranker is not None else None
-        return self.results(request, candidates, scores)
+        scores = (
+            self.reranker.score_pairs(pairs, cache=rerank_cache)
+            if self.reranker is not None
+            else None
+        )
+        out = self.results(request, candidates, scores)
+        if trace is not None:
+            wall2, cpu2 = time.perf_counter(), time.process_time()
+            trace.candidates = candidates
+            trace.first_wall_s, trace.first_cpu_s = wall1 - wall0, cpu1 - cpu0
+            if self.reranker is not None:
+                trace.rerank_wall_s, trace.rerank_cpu_s = wall2 - wall1, cpu2 - cpu1
+            trace.pairs = len(pairs)
+        return out
 
 
 class TwoStageRetriever(BaseRetriever):
