@@ -150,7 +150,7 @@ class DevReranking:
         """The same candidates reordered by ``reranker`` (a ``CrossEncoderReranker``)."""
         two = self._with(reranker)
         pairs = two.pairs(self.request, self.candidates)
-        scores = reranker.score_pairs(pairs)
+        scores = reranker.score_pairs(pairs, cache=False)  # the model's own scores, every time
         return self._measure(two.results(self.request, self.candidates, scores))
 
 
