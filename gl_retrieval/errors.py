@@ -19,6 +19,7 @@ Tree::
     │                            max_tokens out of range
     ├── EmbeddingError           the embedder returned something unusable (wrong count or dimension)
     │   └── OllamaError          the Ollama server failed (down, model missing, timeout, 5xx)
+    ├── RerankError              the reranker gave NaN or infinite scores
     ├── StorageError             the storage backend failed (connection, credentials, extension)
     │   └── IndexDamagedError    a file of the persisted index is damaged (names it and the fix)
     ├── LLMError                 an OpenAI-compatible LLM server failed (down, 401, no such model,
@@ -42,6 +43,7 @@ __all__ = [
     "ModelLoadError",
     "OllamaError",
     "QueryError",
+    "RerankError",
     "SourceError",
     "StorageError",
     "TrainingDataError",
@@ -98,6 +100,10 @@ class QueryError(GLRetrievalError, ValueError):
 
 class EmbeddingError(GLRetrievalError):
     """The embedder returned an unusable result (wrong number of vectors, wrong dimension)."""
+
+
+class RerankError(GLRetrievalError):
+    """The reranker returned an unusable result (NaN or infinite scores)."""
 
 
 class OllamaError(EmbeddingError):

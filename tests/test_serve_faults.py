@@ -160,3 +160,36 @@ def test_a_stopped_postgres_answers_503_turns_readyz_and_recovers_by_itself(
             assert hits and hits[0].doc_id == "bm25"
         finally:
             remote.close()
+
+
+def test_a_reranker_that_gives_nan_is_a_model_error_never_a_nan_score(
+    small_config: dict[str, Any], minilm_embedder: Any
+) -> None:
+    """A cross-encoder that returns NaN (broken weights, an fp16 overflow) fails the query
+    with one clear error on every surface: ``RerankError`` in the library, a 500
+    ``model_error`` naming it over HTTP (strict JSON, no ``NaN``), and nothing cached."""
+    from gl_retrieval import RerankError
+    from gl_retrieval.retrieval.rerankers import build_reranker
+
+    raw = {**small_config, "reranker": {"model": "unused", "top_n": 2}}
+    cfg = parse_config(raw)
+    assert cfg.reranker is not None
+
+    def nan_first(query: str, passages: list[str]) -> list[float]:
+        # NaN for one query only: the server's warm-up pair scores fine and it starts.
+        bad = query == "lexical term frequency"
+        return [float("nan") if bad else 0.0] + [1.0] * (len(passages) - 1)
+
+    reranker = build_reranker(cfg.reranker, scorer=nan_first)
+    pipe = RetrievalPipeline(cfg, embedder=minilm_embedder, reranker=reranker)
+    pipe.index()
+    with pytest.raises(RerankError, match="non-finite scores"):
+        pipe.retrieve("lexical term frequency")
+    assert reranker.cache_stats().entries == 0  # a NaN is never kept for the next query
+    with running_server(cfg, pipeline=pipe) as srv:
+        r = httpx.post(srv.url + "/v1/query", json={"query": "lexical term frequency"})
+        assert r.status_code == 500, r.text
+        assert "NaN" not in r.text
+        body = json.loads(r.text)
+        assert body["error"]["type"] == "model_error"
+        assert "non-finite scores" in body["error"]["message"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from gl_retrieval._deps import require
 from gl_retrieval.config import RerankerConfig
-from gl_retrieval.errors import ModelLoadError, QueryError
+from gl_retrieval.errors import ModelLoadError, QueryError, RerankError
 from gl_retrieval.models import (
     STAND_IN_RERANKER,
     apply_quiet,
@@ -112,8 +113,25 @@ class PairScorer:
         return self.predict_pairs([(query, p) for p in passages])
 
     def predict_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Scores of ``pairs``, in their order."""
-        return [float(s) for s in self._predict(list(pairs))] if pairs else []
+        """Scores of ``pairs``, in their order.
+
+        Raises:
+            RerankError: the model gave a NaN or infinite score. No surface may carry one (JSON
+                cannot, and it would sort anywhere), and none reaches the rerank cache.
+        """
+        if not pairs:
+            return []
+        scores = [float(s) for s in self._predict(list(pairs))]
+        bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+        if bad:
+            query, passage = pairs[bad[0]]
+            raise RerankError(
+                f"the reranker gave non-finite scores to {len(bad)} of {len(pairs)} pairs "
+                f"(first: {scores[bad[0]]} for query {query[:60]!r} and a passage of "
+                f"{len(passage)} characters): its weights or its runtime are broken (check "
+                "the model files; on a GPU, try `device: cpu` to rule out an fp16 overflow)"
+            )
+        return scores
 
     def count_tokens(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
         """Tokens each pair takes in the model (capped at ``max_length``); an estimate of four

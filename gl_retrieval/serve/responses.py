@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gl_retrieval.config import ServeConfig
 from gl_retrieval.errors import (
+    EmbeddingError,
     FilterError,
     GLRetrievalError,
     IndexDamagedError,
@@ -28,6 +29,7 @@ from gl_retrieval.errors import (
     LLMNotConfiguredError,
     OllamaError,
     QueryError,
+    RerankError,
     StorageError,
 )
 from gl_retrieval.serve.batching import Overloaded
@@ -88,6 +90,8 @@ def status_of(e: BaseException) -> tuple[int, str, dict[str, str] | None]:
         return 503, "storage_unavailable", {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
     if isinstance(e, (OllamaError, LLMError)):
         return 502, "upstream_error", None
+    if isinstance(e, (EmbeddingError, RerankError)):  # a model gave NaN: say so, it is no bug
+        return 500, "model_error", None
     return 500, "internal_error", None
 
 
@@ -122,10 +126,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _any(request: Request, exc: Exception) -> Any:
         status, kind, headers = status_of(exc)
-        if status == 500:
+        if status == 500 and kind != "model_error":
             log.exception("internal error on %s", request.url.path)
             return error_response(500, kind, "internal server error (see the server log)")
         message = exc.message if isinstance(exc, APIError) else str(exc)
+        if kind == "model_error":
+            log.error("model error on %s: %s", request.url.path, message)
         return error_response(status, kind, message, headers)
 
     for cls in (APIError, Overloaded, GLRetrievalError, ValueError):
