@@ -9,6 +9,9 @@ queries, interleaved off / on so the box's drift hits both:
 1. cache off, pass 1;   2. cache on, pass 1 (cold: every pair a miss);
 3. cache off, pass 2;   4. cache on, pass 2 (warm: every pair a hit).
 
+With ``--serve``, the same four passes go over HTTP to two ``gl-retrieval serve`` servers in this
+process (batching on, one client, fresh caches), one per setting, both up at once.
+
 Reported per pass: CPU seconds per query (``time.process_time``: what the query cost the box,
 whatever else runs on it), wall p50 and p90, and the cache's hits and misses; the ratios are
 taken against cache-off in the same run. It also checks that every field of every result is
@@ -133,12 +136,77 @@ def one_pass(pipe: Any, queries: list[str]) -> tuple[dict[str, Any], list[Any]]:
     return row, results
 
 
+def serve_passes(
+    pipes: dict[str, Any], queries: list[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]]]:
+    """The four passes over HTTP, one server per pipeline (``off`` / ``on``), both up; the
+    rows and each pass's JSON results."""
+    import socket
+    import threading
+
+    import httpx
+
+    from gl_retrieval.serve.server import create_server
+
+    servers, urls = {}, {}
+    for name, pipe in pipes.items():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = create_server(pipe.config, port=port, pipeline=pipe, log_level="warning")
+        threading.Thread(target=server.run, daemon=True).start()
+        servers[name], urls[name] = server, f"http://127.0.0.1:{port}"
+    rows: dict[str, dict[str, Any]] = {}
+    answers: dict[str, list[Any]] = {}
+    try:
+        with httpx.Client(timeout=600) as client:
+            for url in urls.values():
+                for _ in range(600):
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(url + "/readyz").status_code == 200:
+                            break
+                    time.sleep(0.1)
+            for label, name in (
+                ("serve: off, pass 1", "off"),
+                ("serve: on, pass 1 (cold)", "on"),
+                ("serve: off, pass 2", "off"),
+                ("serve: on, pass 2 (warm)", "on"),
+            ):
+                before = pipes[name].reranker.cache_stats()
+                cpu, wall, answers[label] = [], [], []
+                for q in queries:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    r = client.post(urls[name] + "/v1/query", json={"query": q})
+                    r.raise_for_status()
+                    answers[label].append(r.json()["results"])
+                    cpu.append(time.process_time() - c0)
+                    wall.append(time.perf_counter() - t0)
+                after = pipes[name].reranker.cache_stats()
+                wall_ms = sorted(w * 1000 for w in wall)
+                rows[label] = {
+                    "cpu_s_per_query": round(statistics.fmean(cpu), 4),
+                    "wall_p50_ms": round(statistics.median(wall_ms), 1),
+                    "wall_p90_ms": round(
+                        wall_ms[min(len(wall_ms) - 1, int(0.9 * len(wall_ms)))], 1
+                    ),
+                    "hits": after.hits - before.hits,
+                    "misses": after.misses - before.misses,
+                    "load": load(),
+                }
+                print(label, rows[label], flush=True)
+    finally:
+        for server in servers.values():
+            server.should_exit = True
+    return rows, answers
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=1000)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--serve", action="store_true", help="also the four passes through serve")
     ap.add_argument("--work", type=Path, default=None, help="scratch dir (default: a temp dir)")
     args = ap.parse_args()
 
@@ -194,11 +262,28 @@ def main() -> None:
     lookup_us = (time.process_time() - c0) / reps * 1e6
     print(f"keying + looking up {len(pairs)} pairs: {lookup_us:.0f} us CPU")
 
-    base = rows["off, pass 2"]
-    for row in rows.values():
-        row["cpu_vs_off"] = round(row["cpu_s_per_query"] / base["cpu_s_per_query"], 4)
-        row["wall_p50_vs_off"] = round(row["wall_p50_ms"] / base["wall_p50_ms"], 4)
+    if args.serve:
+        fresh = {
+            name: RetrievalPipeline(
+                config(work, model, top_k=args.top_k, threads=args.threads, cache_mb=mb),
+                embedder=off.embedder,
+            )
+            for name, mb in (("off", 0), ("on", 16))
+        }
+        serve_rows, answers = serve_passes(fresh, queries)
+        rows.update(serve_rows)
+        serve_identical = all(a == answers["serve: off, pass 1"] for a in answers.values())
+
+    for prefix in ("", "serve: "):
+        base = rows.get(f"{prefix}off, pass 2")
+        for name, row in rows.items():
+            if base is None or name.startswith("serve: ") != bool(prefix):
+                continue
+            row["cpu_vs_off"] = round(row["cpu_s_per_query"] / base["cpu_s_per_query"], 4)
+            row["wall_p50_vs_off"] = round(row["wall_p50_ms"] / base["wall_p50_ms"], 4)
     identical = all(results[k] == results["off, pass 1"] for k in results)
+    if args.serve:
+        identical = identical and serve_identical
     out = {
         **info,
         "rows": rows,
@@ -222,7 +307,7 @@ def main() -> None:
             f"| {name} | {r['cpu_s_per_query']:.4f} | {r['cpu_vs_off']:.3f}x | "
             f"{r['wall_p50_ms']:.1f} | {r['wall_p90_ms']:.1f} | {r['hits']} | {r['misses']} |"
         )
-    print(f"\nresults identical with the cache on and off (every field): {identical}")
+    print(f"\nresults identical with the cache on and off (every field, per surface): {identical}")
     print(
         f"the cache's own cost on a miss (keys + lookup of {len(pairs)} pairs): {lookup_us:.0f} us"
     )
