@@ -14,6 +14,12 @@ Rows (issue 12):
   (embedder and reranker on that backend; MiniLM-L-6-sized reranker).
 * threads: single-query encode and 20-pair rerank p50 at 1, 2, 4 threads and torch's default, on
   the machine as it is ("idle") and with two busy-loop processes added ("loaded").
+* auto (issue 26; not in the default --sections): torch fp32 against what ``backend: auto``
+  picks on this CPU and the other candidates of its table row, bge-reranker-base size, 20 pairs
+  of ~256 tokens, CPU time, the rows interleaved rep by rep; the parity numbers of each candidate
+  on a cross-encoder with real weights; MiniLM ingest CPU time and dense nDCG@10 of torch vs the
+  embedder's auto choice; reranked nDCG@10 with a trained reranker (--trained-reranker), when
+  there is one. Records the CPU model, flags, tier and load average.
 
 Every timed model is pinned to --threads (default 1). The load average is printed with every
 table; ratios are taken within this run. Writes bench/results/backends.json after each section.
@@ -22,6 +28,7 @@ Usage::
 
     python bench/backends.py                # everything (about 30-40 min on a loaded 2-core box)
     python bench/backends.py --sections rerank,cold
+    python bench/backends.py --sections auto --rerank-reps 5
 """
 
 from __future__ import annotations
@@ -482,6 +489,254 @@ def bench_threads(args: argparse.Namespace, work: Path) -> None:
         save()
 
 
+# -- backend: auto -------------------------------------------------------------------------------
+
+
+def _auto_rows(role: str) -> tuple[Any, list[tuple[str, str, str]]]:
+    """The auto choice on this machine for ``role`` and the rows to time: torch fp32 first, then
+    every candidate of the role's table row (the choice first among them)."""
+    from gl_retrieval.models.backend_choice import PREFERENCES, precision_of, resolve_backend
+
+    os.environ.pop("GL_RETRIEVAL_AUTO_BACKEND", None)
+    choice = resolve_backend(role, backend="auto", quantization="auto", device="cpu")
+    cpu = detect()
+    rows = [("torch fp32", "torch", "none")]
+    for backend, quant in PREFERENCES[role, choice.tier]:
+        if backend != "torch":
+            rows.append((f"{backend} {precision_of(backend, quant, cpu=cpu)}", backend, quant))
+    return choice, rows
+
+
+def detect() -> Any:
+    from gl_retrieval.models.backend_choice import detect_cpu
+
+    return detect_cpu()
+
+
+def bench_auto(args: argparse.Namespace, work: Path) -> None:
+    """torch fp32 vs what ``backend: auto`` picks here (and the other candidates of its row),
+    interleaved rep by rep so that a change in load hits every row alike; CPU time."""
+
+    cpu = detect()
+    meta = {
+        "cpu_model": cpu.model,
+        "flags": sorted(cpu.flags),
+        "tier": cpu.tier,
+        "load_start": load(),
+        "threads": args.threads,
+    }
+    choice, rows = _auto_rows("reranker")
+    OUT["auto"] = {"meta": meta, "choice": choice.to_dict(), "rerank": {}}
+    if "rerank" in args.auto_parts:
+        _auto_rerank(args, work, rows, choice)
+    if "fidelity" in args.auto_parts:
+        _auto_fidelity(args, work, rows)
+    if "embedder" in args.auto_parts:
+        _auto_embedder(args)
+    if "reranked" in args.auto_parts and Path(args.trained_reranker).is_dir():
+        _auto_reranked(args, Path(args.trained_reranker))
+    OUT["auto"]["meta"]["load_end"] = load()
+    save()
+
+
+def _auto_rerank(
+    args: argparse.Namespace, work: Path, rows: list[tuple[str, str, str]], choice: Any
+) -> None:
+    from gl_retrieval.models.exports import ExportSpec, ensure_export
+
+    cpu = detect()
+    print(f"\n## backend: auto, reranker ({cpu.model}, tier {cpu.tier}; {load()})", flush=True)
+    path = make_cross_encoder(work / "ce-768x12", hidden=768, layers=12)
+    query, passages = pairs_256()
+    scorers = {}
+    for label, backend, quant in rows:
+        t0 = time.perf_counter()
+        if backend != "torch":
+            ensure_export(ExportSpec(str(path), "reranker", backend, quant))
+        scorers[label] = scorer(path, backend, quant, args.threads)
+        scorers[label](query, passages[:2])
+        print(f"{label}: ready in {time.perf_counter() - t0:.1f}s", flush=True)
+    cpu_ms: dict[str, list[float]] = {label: [] for label, _, _ in rows}
+    wall_ms: dict[str, list[float]] = {label: [] for label, _, _ in rows}
+    for rep in range(args.rerank_reps):
+        for label, _, _ in rows:
+            t0, c0 = time.perf_counter(), time.process_time()
+            scorers[label](query, passages)
+            wall_ms[label].append((time.perf_counter() - t0) * 1000)
+            cpu_ms[label].append((time.process_time() - c0) * 1000)
+        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in cpu_ms.items()),
+              flush=True)  # fmt: skip
+    base = statistics.median(cpu_ms["torch fp32"])
+    auto_label = next(
+        label for label, b, q in rows if (b, q) == (choice.backend, choice.quantization)
+    )
+    rerank = {}
+    for label, _, _ in rows:
+        med = statistics.median(cpu_ms[label])
+        rerank[label] = {
+            "cpu_ms_median": round(med, 1),
+            "cpu_ms_all": [round(x, 1) for x in cpu_ms[label]],
+            "wall_ms_median": round(statistics.median(wall_ms[label]), 1),
+            "ratio_vs_torch": round(med / base, 3),
+            "auto": label == auto_label,
+        }
+    OUT["auto"]["rerank"] = rerank
+    save()
+
+
+def _auto_fidelity(args: argparse.Namespace, work: Path, rows: list[tuple[str, str, str]]) -> None:
+    """The parity check's numbers on a cross-encoder with real encoder weights (MiniLM + a fresh
+    head) and, when given, a trained one: every candidate against torch fp32 on the fixed pairs."""
+    from gl_retrieval.models.parity import judge_scores, parity_pairs
+
+    models = {
+        "MiniLM + fresh head": make_cross_encoder(
+            work / "ce-minilm-head", hidden=0, layers=0, from_minilm=True
+        )
+    }
+    if Path(args.trained_reranker).is_dir():
+        models["trained (h1)"] = Path(args.trained_reranker)
+    pairs = parity_pairs()
+    out = {}
+    for name, path in models.items():
+        ref = None
+        out[name] = {}
+        for label, backend, quant in rows:
+            s = scorer(path, backend, quant, args.threads).predict_pairs(pairs)
+            if ref is None:
+                ref = s
+                continue
+            v = judge_scores(ref, s, backend=backend, precision=label.split()[-1])
+            out[name][label] = v.to_dict()
+            print(name, label, v.to_dict(), flush=True)
+    OUT["auto"]["fidelity"] = out
+    save()
+
+
+def _auto_embedder(args: argparse.Namespace) -> None:
+    """Ingest CPU time of the packaged MiniLM (torch fp32 vs the embedder's candidates here) and
+    dense nDCG@10 of torch vs the auto choice on the --auto-ndcg datasets."""
+    choice, rows = _auto_rows("embedder")
+    print(
+        f"\n## backend: auto, embedder: {choice.backend} {choice.precision} ({load()})", flush=True
+    )
+    docs = [t for _, t in corpus("scifact")[: args.auto_ingest_docs]]
+    embs = {}
+    for label, backend, quant in rows:
+        embs[label] = embedder(backend, quant, args.threads)
+        embs[label].warmup()
+    cpu_s: dict[str, list[float]] = {label: [] for label, _, _ in rows}
+    for _ in range(2):
+        for label, _, _ in rows:
+            c0 = time.process_time()
+            embs[label].embed_documents(docs)
+            cpu_s[label].append(time.process_time() - c0)
+    base = min(cpu_s["torch fp32"])
+    auto_label = next(
+        label for label, b, q in rows if (b, q) == (choice.backend, choice.quantization)
+    )
+    ingest = {
+        label: {
+            "docs_per_cpu_s": round(len(docs) / min(v), 2),
+            "cpu_ratio_vs_torch": round(min(v) / base, 3),
+            "auto": label == auto_label,
+        }
+        for label, v in cpu_s.items()
+    }
+    print("ingest", ingest, flush=True)
+    ndcgs: dict[str, dict[str, float]] = {}
+    for name in [d for d in args.auto_ndcg.split(",") if d]:
+        data = (
+            [r for r in corpus(name) if r[1]]
+            if name != "scifact"
+            else scifact_subset(args.scifact_docs)
+        )
+        qids, qtexts = queries(name)
+        ndcgs[name] = {}
+        for label in ("torch fp32", auto_label):
+            e = embs[label]
+            dv = e.embed_documents([t for _, t in data])
+            qv = e.embed_queries(qtexts)
+            ndcgs[name][label] = round(ndcg(name, qv, qids, dv, [d for d, _ in data]), 4)
+            print(name, label, ndcgs[name][label], flush=True)
+            OUT["auto"]["embedder"] = {"choice": choice.to_dict(), "ingest": ingest, "ndcg": ndcgs}
+            save()
+    OUT["auto"]["embedder"] = {"choice": choice.to_dict(), "ingest": ingest, "ndcg": ndcgs}
+    save()
+
+
+def _auto_reranked(args: argparse.Namespace, model: Path) -> None:
+    """Reranked nDCG@10 (dense MiniLM top 20 -> the trained reranker) with torch fp32 and with the
+    reranker's auto choice, on the first --auto-rerank-queries SciFact train queries."""
+    choice, _ = _auto_rows("reranker")
+    from gl_retrieval.eval.metrics import load_beir, ndcg_at_k
+
+    ds = load_beir(DATA / "scifact", split="train", gains="auto")
+    data = scifact_subset(args.scifact_docs)
+    text = dict(data)
+    qids = list(ds.queries)[: args.auto_rerank_queries]
+    emb = embedder("torch", "none", args.threads)
+    dv = emb.embed_documents([t for _, t in data])
+    qv = emb.embed_queries([ds.queries[q] for q in qids])
+    dids = [d for d, _ in data]
+    top = np.argsort(-(qv @ dv.T), axis=1)[:, :20]
+    out = {}
+    for label, backend, quant in (("torch fp32", "torch", "none"),
+                                  (f"auto: {choice.backend} {choice.precision}", choice.backend, choice.quantization)):  # fmt: skip  # noqa: E501
+        score = scorer(model, backend, quant, args.threads)
+        vals = []
+        for i, q in enumerate(qids):
+            cands = [dids[j] for j in top[i]]
+            s = score(ds.queries[q], [text[d] for d in cands])
+            order = [cands[j] for j in np.argsort(-np.asarray(s), kind="stable")]
+            vals.append(ndcg_at_k(order[:10], ds.qrels[q], k=10))
+        out[label] = round(float(np.mean(vals)), 4)
+        print("reranked", label, out[label], flush=True)
+    dense = [
+        ndcg_at_k([dids[j] for j in top[i][:10]], ds.qrels[q], k=10) for i, q in enumerate(qids)
+    ]
+    out["dense only"] = round(float(np.mean(dense)), 4)
+    OUT["auto"]["reranked"] = {"model": str(model), "queries": len(qids), "ndcg": out}
+    save()
+
+
+def auto_table(out: dict[str, Any]) -> str:
+    """The auto section as markdown."""
+    a = out.get("auto")
+    if not a:
+        return ""
+    m = a["meta"]
+    lines = [
+        f"CPU: {m['cpu_model']} (tier {m['tier']}; flags {', '.join(m['flags'])}); "
+        f"{m['threads']} thread; {m['load_start']} at the start, "
+        f"{m.get('load_end', '?')} at the end",
+        "",
+        "| reranker, bge-reranker-base size, 20 pairs × ~256 tokens | CPU ms (median) "
+        "| vs torch fp32 |",
+        "|---|---:|---:|",
+    ]
+    if not a["rerank"]:
+        lines = lines[:2]
+    for label, r in a["rerank"].items():
+        name = f"**{label} (auto)**" if r["auto"] else label
+        lines.append(f"| {name} | {r['cpu_ms_median']:,.0f} | {r['ratio_vs_torch']:.2f}× |")
+    emb = a.get("embedder")
+    if emb:
+        lines += [
+            "",
+            "| embedder (MiniLM), SciFact ingest | docs per CPU-s | CPU time vs torch fp32 |",
+            "|---|---:|---:|",
+        ]
+        for label, r in emb["ingest"].items():
+            name = f"**{label} (auto)**" if r["auto"] else label
+            lines.append(f"| {name} | {r['docs_per_cpu_s']} | {r['cpu_ratio_vs_torch']:.2f}× |")
+        for ds, vals in emb["ndcg"].items():
+            lines.append(
+                f"| dense nDCG@10 {ds} | " + ", ".join(f"{k} {v}" for k, v in vals.items()) + " | |"
+            )
+    return "\n".join(lines)
+
+
 def table(out: dict[str, Any]) -> str:
     """The issue's table (columns torch, onnx, onnx-int8, openvino, openvino-int8) as markdown."""
     cols = [label for label, _, _ in BACKENDS]
@@ -515,7 +770,8 @@ def table(out: dict[str, Any]) -> str:
     if "cold" in out:
         row("cold `gl-retrieval query`, median s", out["cold"], "median_s")
         row("cold query, ratio to torch", out["cold"], "ratio", "{}×")
-    return "\n".join(lines)
+    base = "\n".join(lines) if len(lines) > 2 else ""
+    return "\n\n".join(t for t in (base, auto_table(out)) if t)
 
 
 def main() -> None:
@@ -547,6 +803,15 @@ def main() -> None:
         default=",".join(label for label, _, _ in BACKENDS),
         help="columns to measure (torch, the baseline, is always measured)",
     )
+    ap.add_argument(
+        "--auto-parts",
+        default="rerank,fidelity,embedder,reranked",
+        help="auto section: what to run besides the rerank timing",
+    )
+    ap.add_argument("--auto-ingest-docs", type=int, default=200)
+    ap.add_argument("--auto-ndcg", default="cisi", help="auto section: dense nDCG datasets")
+    ap.add_argument("--auto-rerank-queries", type=int, default=100)
+    ap.add_argument("--trained-reranker", default="/tmp/h1/best-reranker")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--table", action="store_true", help="print the table from the last results")
     args = ap.parse_args()
@@ -582,6 +847,8 @@ def main() -> None:
         bench_cold(args, work)
     if "threads" in sections:
         bench_threads(args, work)
+    if "auto" in sections:
+        bench_auto(args, work)
     OUT["meta"]["end"] = load()
     save()
     print(table(OUT))

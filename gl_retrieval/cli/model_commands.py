@@ -20,7 +20,9 @@ def models_pull(config: ConfigArg, as_json: JsonOpt = False) -> None:
     Honours HF_HOME / HF_HUB_CACHE. Ollama models print the `ollama pull` command to run;
     packaged and local models need nothing. With `backend: onnx` or `openvino`, the export is
     built once into $GL_RETRIEVAL_CACHE/exports (default ~/.cache/gl_retrieval/exports), so
-    later processes, offline, load it without torch.
+    later processes, offline, load it without torch. With `backend: auto` (the default), the
+    exports it picks on this machine are built and checked against fp32 now (the parity
+    verdict is cached with them), and `backends` says what was chosen and why.
     """
     from gl_retrieval.models import configured_models, hf_cache_dir, pull_model
     from gl_retrieval.models.exports import (
