@@ -308,3 +308,29 @@ def test_validate_json_and_the_manifest_show_the_choice(small_config: dict[str, 
     explicit = {**small_config, "embedder": {**small_config["embedder"], "backend": "torch"}}
     got = RetrievalPipeline.from_config(explicit).backends()["embedder"]
     assert got is not None and (got["configured"], got["reason"]) == ("torch", "configured")
+
+
+def test_models_pull_builds_the_auto_export_and_keeps_json_pure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OpenVINO int8 export (nncf prints progress bars on stdout) under `models pull --json`:
+    stdout is the JSON document alone, with what auto chose."""
+    from gl_retrieval.cli import app
+    from gl_retrieval.models.stand_in import make_tiny_cross_encoder
+
+    monkeypatch.setenv("GL_RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv(AUTO_ENV, "openvino:int8")
+    model = make_tiny_cross_encoder(tmp_path / "stand-in", seed=5)
+    cfg = {
+        "embedder": {"model": "packaged:all-MiniLM-L6-v2", "backend": "torch"},
+        "reranker": {"model": str(model)},
+    }
+    path = tmp_path / "pull.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["models", "pull", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    rr = out["backends"]["reranker"]
+    assert (rr["backend"], rr["precision"], rr["configured"]) == ("openvino", "int8", "auto")
+    assert rr["parity"]["checked"] is False  # a stand-in: not judged
+    assert out["backends"]["embedder"]["configured"] == "torch"

@@ -21,11 +21,13 @@ OpenVINO int8. Exporting needs torch; loading an export does not.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -280,7 +282,9 @@ def _build(spec: ExportSpec, source: Path, out: Path) -> dict[str, Any]:
     from gl_retrieval.models.export_build import build_export
 
     try:
-        return build_export(spec, _transformer_dir(source), source, out, copied=_COPIED)
+        # The exporters print progress on stdout (nncf's bars): stdout belongs to `--json`.
+        with contextlib.redirect_stdout(sys.stderr):
+            return build_export(spec, _transformer_dir(source), source, out, copied=_COPIED)
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(
             f"could not export {spec.model!r} ({spec.kind}) to {spec.backend}: {e}"
