@@ -11,6 +11,9 @@ embedders and the reranker. Imports no torch: each module loads what it needs on
   tokenizer;
 - :mod:`.exports` and :mod:`.export_build`: onnx/openvino exports, built once into an atomic
   on-disk cache;
+- :mod:`.backend_choice` and :mod:`.parity`: ``backend: auto``, the runtime and precision
+  picked by the CPU's flags from a measured table, a quantized export kept only if it
+  scores fixed inputs like fp32;
 - :mod:`.stand_in`: the tiny randomly initialised cross-encoder that
   ``packaged:stand-in-cross-encoder`` builds and tests load;
 - :mod:`.quiet`: model loads without transformers' bars and advisory logs.
