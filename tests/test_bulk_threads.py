@@ -172,3 +172,21 @@ def _docs(pipe: Any) -> list[Any]:
     from gl_retrieval.ingest.sources import read_sources
 
     return list(read_sources(pipe.config.sources, []))
+
+
+def test_index_and_load_never_read_llamaindex_settings_transformations(
+    small_config: dict[str, Any], minilm_embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty transformations list made LlamaIndex build Settings.transformations (a tiktoken
+    SentenceSplitter, about 1 s of CPU) in every process that created or loaded an index."""
+    from llama_index.core import Settings
+
+    from gl_retrieval import RetrievalPipeline
+
+    def tripwire(_self: Any) -> Any:
+        raise AssertionError("Settings.transformations was read")
+
+    monkeypatch.setattr(type(Settings), "transformations", property(tripwire))
+    pipe = RetrievalPipeline.from_config(small_config, embedder=minilm_embedder)
+    pipe.index(show_progress=False)
+    assert pipe.retrieve("what is BM25?", top_n=1)[0].doc_id == "bm25"

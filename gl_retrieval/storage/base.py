@@ -14,6 +14,7 @@ import numpy as np
 from llama_index.core import StorageContext, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.callbacks import CallbackManager
+from llama_index.core.schema import BaseNode, TransformComponent
 from llama_index.core.vector_stores.types import (
     MetadataFilters,
     VectorStoreQuery,
@@ -25,12 +26,24 @@ from gl_retrieval.storage.manifest import Manifest
 __all__ = ["DocRecord", "GenerationCheck", "IndexHandle", "Storage", "index_kwargs"]
 
 
+class _AsGiven(TransformComponent):
+    """The nodes as given: gl_retrieval chunks before the index sees them."""
+
+    def __call__(self, nodes: Sequence[BaseNode], **kwargs: Any) -> Sequence[BaseNode]:
+        return nodes
+
+
 def index_kwargs(embed_model: BaseEmbedding) -> dict[str, Any]:
-    """Everything a ``VectorStoreIndex`` would otherwise take from LlamaIndex's global Settings."""
+    """Everything a ``VectorStoreIndex`` would otherwise take from LlamaIndex's global Settings.
+
+    ``transformations`` is a one-step identity list, not ``[]``: LlamaIndex replaces an empty
+    list with ``Settings.transformations``, whose default SentenceSplitter loads tiktoken's
+    cl100k table (about 1 s of CPU in every process that creates or loads an index).
+    """
     return {
         "embed_model": embed_model,
         "callback_manager": CallbackManager([]),
-        "transformations": [],
+        "transformations": [_AsGiven()],
     }
 
 
