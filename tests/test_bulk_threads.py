@@ -152,6 +152,12 @@ def test_exported_embedder_opens_a_bulk_session_and_drops_it(
     with emb.bulk_threads(1):  # the same number: no second session
         assert emb._runner_now()[0] is emb._load()[0]
 
+    # A job in a fresh process (the CLI's index) opens only the job's session.
+    fresh = ExportedEmbedder(model=MINILM, backend="onnx", threads=1)
+    with fresh.bulk_threads(2):
+        fresh.embed_documents(["a chunk", "another chunk"])
+    assert fresh._runner is None
+
 
 def test_torch_threads_sets_and_restores() -> None:
     import torch

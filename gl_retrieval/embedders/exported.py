@@ -79,25 +79,36 @@ class ExportedEmbedder(GLEmbedding):
             revision=self.revision,
         )
 
-    def _load(self) -> tuple[Runner, FastTokenizer]:
-        if self._runner is None or self._tok is None:
+    def _files(self) -> FastTokenizer:
+        """The export (built first if none is cached), its tokenizer and meta; no session."""
+        if self._tok is None:
             with self._lock:
-                if self._runner is None or self._tok is None:
+                if self._tok is None:
                     export = ensure_export(self.spec, log=log.info)
                     meta = read_meta(export)
+                    self._meta = meta
                     self._tok = FastTokenizer(
                         export / "tokenizer.json",
                         pad_id=meta["pad_id"],
                         input_names=meta["input_names"],
                     )
-                    self._meta = meta
-                    self._runner = load_runner(
-                        self.backend,
-                        model_file(export),
-                        threads=self.threads,
-                        quantization=self.quantization,
-                    )
-        return self._runner, self._tok
+        return self._tok
+
+    def _session(self, threads: int) -> Runner:
+        return load_runner(
+            self.backend,
+            model_file(ensure_export(self.spec, log=log.info)),
+            threads=threads,
+            quantization=self.quantization,
+        )
+
+    def _load(self) -> tuple[Runner, FastTokenizer]:
+        tok = self._files()
+        if self._runner is None:
+            with self._lock:
+                if self._runner is None:
+                    self._runner = self._session(self.threads)
+        return self._runner, tok
 
     def warmup(self) -> None:
         """Load (exporting first if nothing is cached) and embed one tiny batch."""
@@ -111,7 +122,7 @@ class ExportedEmbedder(GLEmbedding):
         if threads == self.threads:
             yield
             return
-        self._bulk = threads
+        self._bulk = threads  # a job in a fresh process never opens the query session
         try:
             yield
         finally:
@@ -119,22 +130,19 @@ class ExportedEmbedder(GLEmbedding):
                 self._bulk, self._bulk_runner = None, None
 
     def _runner_now(self) -> tuple[Runner, FastTokenizer]:
-        run, tok = self._load()
-        if self._bulk is None:
-            return run, tok
+        """The bulk job's session while one runs, else the query session."""
+        bulk = self._bulk
+        if bulk is None:
+            return self._load()
+        tok = self._files()
         with self._lock:
-            if self._bulk is not None and self._bulk_runner is None:
-                self._bulk_runner = load_runner(
-                    self.backend,
-                    model_file(ensure_export(self.spec, log=log.info)),
-                    threads=self._bulk,
-                    quantization=self.quantization,
-                )
-            return self._bulk_runner or run, tok
+            if self._bulk_runner is None:
+                self._bulk_runner = self._session(bulk)
+            return self._bulk_runner, tok
 
     @property
     def seq_length(self) -> int:
-        self._load()
+        self._files()
         return int(self.max_length or self._meta["max_length"])
 
     def _encode(self, texts: Sequence[str], *, show_progress: bool) -> np.ndarray:
@@ -159,7 +167,7 @@ class ExportedEmbedder(GLEmbedding):
 
     @property
     def dimension(self) -> int:
-        self._load()
+        self._files()
         return int(self._meta["dimension"])
 
     @property
@@ -170,16 +178,16 @@ class ExportedEmbedder(GLEmbedding):
 
     @property
     def max_tokens(self) -> int | None:
-        _, tok = self._load()
+        tok = self._files()
         return self.seq_length - tok.num_special
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        _, tok = self._load()
+        tok = self._files()
         return tok.count(list(texts))
 
     def tokenize_fn(self) -> Any:
         """A ``str -> list[int]`` callable in the model's tokenizer (for LlamaIndex splitters)."""
-        _, tok = self._load()
+        tok = self._files()
         return tok.ids
 
     def fingerprint(self) -> dict[str, Any]:
