@@ -334,3 +334,16 @@ def test_models_pull_builds_the_auto_export_and_keeps_json_pure(
     assert (rr["backend"], rr["precision"], rr["configured"]) == ("openvino", "int8", "auto")
     assert rr["parity"]["checked"] is False  # a stand-in: not judged
     assert out["backends"]["embedder"]["configured"] == "torch"
+
+
+def test_an_export_that_cannot_be_built_moves_to_the_next_backend() -> None:
+    """A model the exports do not support (a Dense module, say) must not break the default."""
+    from gl_retrieval.errors import ModelLoadError
+
+    def check(c: BackendChoice) -> ParityVerdict:
+        raise ModelLoadError("m has a 'Dense' module: onnx/openvino exports support ...\nmore")
+
+    got = settle(_choice(("onnx", "int8"), ("torch", "auto")), check=check)
+    assert got.backend == "torch"
+    assert "could not be built or loaded (m has a 'Dense' module" in got.notices[0]
+    assert "\n" not in got.notices[0]

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from gl_retrieval.errors import GLRetrievalError
 from gl_retrieval.models.backend_choice import BackendChoice
 
 __all__ = [
@@ -239,11 +240,18 @@ def settle(
     """Walk ``choice`` and its fallbacks until one needs no check or passes ``check``.
 
     ``check`` builds (or finds) the export of a choice and returns its verdict, cached or
-    new. Each failure logs one notice and moves to the next fallback; torch, last in every
-    list, needs no check.
+    new. A failed check, or an export that cannot be built here (``GLRetrievalError``: a model
+    with a module the exports do not support, a missing extra), logs one notice and moves to
+    the next fallback; torch, last in every list, needs no check.
     """
     while needs_parity(choice):
-        verdict = check(choice)
+        try:
+            verdict = check(choice)
+        except GLRetrievalError as e:  # not exportable here (an extra module, a missing extra)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            choice = choice.next(f"could not be built or loaded ({first[:300]})")
+            log.warning("notice: %s", choice.notices[-1])
+            continue
         if verdict.ok:
             if verdict.note:
                 log.info(
