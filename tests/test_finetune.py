@@ -508,6 +508,7 @@ def test_reranker_stage_measures_dev_through_the_two_stages_and_keeps_the_best_e
     assert "max_length: 64" in result.config_change
     tj = json.loads((result.output / "training.json").read_text())
     assert tj["improved"] is True and tj["best_epoch"] == 1.0 and tj["dev_before"] == result.before
+    assert tj["hyperparameters"]["lr"] == 2e-5  # a trained cross-encoder start: the gentle lr
     assert "| before | 0 | 0 | first_stage |" in (result.output / "report.md").read_text()
     from gl_retrieval.config import RerankerConfig
     from gl_retrieval.retrieval.rerankers import build_reranker
@@ -550,6 +551,7 @@ def test_reranker_that_beats_nothing_says_so_and_json_is_pure(
         "prefixes": None,
         "cross_encoder": False,
     }
+    assert tj["hyperparameters"]["lr"] == 1e-4  # a fresh head: the higher default lr
     hf = AutoConfig.from_pretrained(out["model_dir"])
     assert hf.architectures == ["BertForSequenceClassification"] and hf.num_labels == 1
     with pytest.MonkeyPatch.context() as mp:

@@ -60,8 +60,8 @@ def finetune(
     lr: Annotated[
         float | None,
         typer.Option(
-            help="Peak learning rate; default 2e-5 (embedder), 1e-4 (reranker: a fresh head "
-            "needs more).",
+            help="Peak learning rate; default 2e-5 (the embedder, and a reranker that starts "
+            "from a trained cross-encoder), 1e-4 (a reranker with a fresh head).",
             show_default=False,
         ),
     ] = None,

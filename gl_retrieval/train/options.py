@@ -34,12 +34,15 @@ STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "reranker": {
         "epochs": 2,
         "batch_size": 16,
-        "lr": 1e-4,
         "negatives": 4,
         "loss": "bce",
-        "max_seq_length": 256,
+        "max_seq_length": 128,
     },
 }
+
+#: The reranker's default ``lr`` depends on the starting point (known once it is loaded): a
+#: trained cross-encoder is adjusted gently; a fresh head (a bi-encoder start) needs more.
+RERANKER_LR = {"cross_encoder": 2e-5, "fresh_head": 1e-4}
 
 #: Options that may differ between a run and its resume.
 RESUME_NEUTRAL = frozenset(
@@ -56,7 +59,8 @@ class FinetuneOptions:
         epochs: Passes over the training pairs (None: the stage's default, see
             :data:`STAGE_DEFAULTS`, as for ``batch_size``, ``lr``, ``negatives``, ``loss``).
         batch_size: Pairs per step; with MNRL every other pair in the batch is a negative.
-        lr: Peak learning rate (linear warm-up, then linear decay).
+        lr: Peak learning rate (linear warm-up, then linear decay). The reranker's default
+            depends on the starting point (:data:`RERANKER_LR`).
         negatives: Hard negatives mined per pair (0: in-batch negatives only). The reranker
             stage needs at least 1.
         mine_skip: Mined negatives skip the first ``mine_skip`` non-positive documents.
@@ -141,7 +145,8 @@ class FinetuneOptions:
         self.resolved()._check()
 
     def _check(self) -> None:
-        epochs, batch, lr = int(self.epochs or 0), int(self.batch_size or 0), float(self.lr or 0)
+        epochs, batch = int(self.epochs or 0), int(self.batch_size or 0)
+        lr = float(self.lr or 0) if self.lr is not None or self.stage != "reranker" else 1e-4
         if epochs <= 0:
             raise TrainingError(f"epochs must be > 0, but got {epochs}")
         if batch <= 1:

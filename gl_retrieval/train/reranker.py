@@ -27,12 +27,18 @@ import os
 import random
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from gl_retrieval.config import PipelineConfig
 from gl_retrieval.errors import TrainingError
-from gl_retrieval.train.options import FinetuneOptions, progress_callback, training_arguments
+from gl_retrieval.train.options import (
+    RERANKER_LR,
+    FinetuneOptions,
+    progress_callback,
+    training_arguments,
+)
 
 __all__ = ["DevReranking", "build_pair_dataset", "start_model", "train_reranker"]
 
@@ -285,6 +291,8 @@ def train_reranker(
     if note:
         notes.append(note)
         say(note)
+    if opts.lr is None:
+        opts = replace(opts, lr=RERANKER_LR["cross_encoder" if is_cross else "fresh_head"])
     device = resolve_device(rcfg.device)
     max_len = opts.max_seq_length or rcfg.max_length
 
