@@ -454,17 +454,24 @@ def _fake_dev(mp: pytest.MonkeyPatch, deltas: list[float]) -> None:
     is exercised); deterministic selection."""
     from gl_retrieval.train import reranker as rmod
 
-    real = rmod.DevReranking.reranked
+    real, real_blend = rmod.DevReranking.reranked, rmod.DevReranking.blended
     left = list(deltas)
+    last: list[dict[str, float]] = []
 
     def fake(self: Any, reranker: Any) -> dict[str, float]:
         measured = real(self, reranker)
         if not left:
             return measured
         d = left.pop(0)
-        return {k: v + d if k.startswith("nDCG") else v for k, v in self.first_stage().items()}
+        last[:] = [{k: v + d if k.startswith("nDCG") else v for k, v in self.first_stage().items()}]
+        return last[0]
+
+    def fake_blend(self: Any, reranker: Any, weight: float) -> dict[str, float]:
+        real_blend(self, reranker, weight)
+        return last[0]  # the blend "measures" what the epoch's reranking did
 
     mp.setattr(rmod.DevReranking, "reranked", fake)
+    mp.setattr(rmod.DevReranking, "blended", fake_blend)
 
 
 def _reranker(model: Path) -> str:
@@ -495,7 +502,12 @@ def test_reranker_stage_measures_dev_through_the_two_stages_and_keeps_the_best_e
             cfg,
             train=env["data"],
             output=env["base"] / "rerank",
-            options=FinetuneOptions(stage="reranker", epochs=2, **RERANK),  # type: ignore[arg-type]
+            options=FinetuneOptions(
+                stage="reranker",
+                epochs=2,
+                first_stage_weight=0.5,
+                **RERANK,  # type: ignore[arg-type]
+            ),
         )
     assert seen == [3]  # candidates computed once, for the 3 dev queries
     fs = result.before["first_stage"]  # type: ignore[index]
@@ -506,6 +518,8 @@ def test_reranker_stage_measures_dev_through_the_two_stages_and_keeps_the_best_e
     assert result.after["reranked"]["nDCG@10"] == pytest.approx(fs["nDCG@10"] + 0.10)  # type: ignore[index]
     assert result.history[1]["saved"] and not result.history[2].get("saved")
     assert "max_length: 64" in result.config_change
+    assert "first_stage_weight: 0.5" in result.config_change
+    assert set(result.after) == {"first_stage", "reranked", "blended"}  # type: ignore[arg-type]
     tj = json.loads((result.output / "training.json").read_text())
     assert tj["improved"] is True and tj["best_epoch"] == 1.0 and tj["dev_before"] == result.before
     assert tj["hyperparameters"]["lr"] == 2e-5  # a trained cross-encoder start: the gentle lr
@@ -533,7 +547,7 @@ def test_reranker_that_beats_nothing_says_so_and_json_is_pure(
     args += ["--max-steps", "1", "--batch-size", "4", "--dev-size", "3", "--negatives", "1"]
     args += ["--max-seq-length", "64", "--overwrite"]
     runner = CliRunner()
-    start = ["--base-model", "packaged:all-MiniLM-L6-v2"]
+    start = ["--base-model", "packaged:all-MiniLM-L6-v2", "--first-stage-weight", "0.3"]
     with pytest.MonkeyPatch.context() as mp:
         _fake_dev(mp, [0.0, -0.2])
         res = runner.invoke(app, [*args, *start, "--output", str(env["base"] / "r2"), "--json"])

@@ -69,9 +69,9 @@ def _same(where: str, got: list[dict[str, Any]], want: list[dict[str, Any]]) -> 
         ("bm25", False),
         ("hybrid", False),
         ("dense", True),
-        ("hybrid", True),
+        ("hybrid", "blend"),  # reranker.first_stage_weight: the score blend, same path
     ],
-    ids=lambda p: f"{p[0]}{'+rerank' if p[1] else ''}",
+    ids=lambda p: f"{p[0]}{'+rerank' if p[1] else ''}{'+blend' if p[1] == 'blend' else ''}",
 )
 def setup(
     request: pytest.FixtureRequest,
@@ -91,6 +91,8 @@ def setup(
     }
     if rerank:
         raw["reranker"] = {"model": str(tiny_cross_encoder), "top_n": 3}
+        if rerank == "blend":
+            raw["reranker"]["first_stage_weight"] = 0.5
     path = tmp / "pipeline.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     cfg = load_config(path)

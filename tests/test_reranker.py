@@ -49,6 +49,19 @@ def test_scores_are_kept_and_inputs_are_not_mutated() -> None:
     assert all(r not in inputs for r in out)
 
 
+def test_first_stage_weight_blends_min_max_normalised_scores() -> None:
+    """rerank 2,0,3,1 -> 2/3,0,1,1/3; retrieval 1.0..0.7 -> 1,2/3,1/3,0; w 0.5 -> n0 n2 n1 n3."""
+    cfg = RerankerConfig(model="unused", top_n=4, first_stage_weight=0.5)
+    out = build_reranker(cfg, scorer=keyword_scorer).rerank(hits(), "apples pears")
+    assert [r.node.node_id for r in out] == ["n0", "n2", "n1", "n3"]
+    assert [r.score for r in out] == pytest.approx([5 / 6, 2 / 3, 1 / 3, 1 / 6])
+    assert [r.rerank_score for r in out] == [2.0, 3.0, 0.0, 1.0]  # the model's, unblended
+    assert out[0].retrieval_score == pytest.approx(1.0) and out[0].score_kind == "rerank"
+    plain = build_reranker(RerankerConfig(model="unused", top_n=4), scorer=keyword_scorer)
+    plain_ids = [r.node.node_id for r in plain.rerank(hits(), "apples pears")]
+    assert plain_ids == ["n2", "n0", "n3", "n1"]
+
+
 def test_ties_keep_retrieval_order() -> None:
     rr = CrossEncoderReranker(model="unused", top_n=4, scorer=lambda q, ps: [0.0] * len(ps))
     assert [r.node.node_id for r in rr.rerank(hits(), "q")] == ["n0", "n1", "n2", "n3"]

@@ -93,6 +93,14 @@ def finetune(
     random_negatives: Annotated[
         int, typer.Option(help="Reranker only: random corpus negatives per pair, besides mined.")
     ] = 0,
+    first_stage_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="Reranker only: also measure dev with this score blend (reranker."
+            "first_stage_weight) and select the epoch by it; default the config's (0: off).",
+            show_default=False,
+        ),
+    ] = None,
     warmup_ratio: Annotated[
         float, typer.Option(help="Fraction of the steps warming the learning rate up.")
     ] = 0.1,
@@ -138,6 +146,7 @@ def finetune(
         loss=loss,
         base_model=base_model,
         random_negatives=random_negatives,
+        first_stage_weight=first_stage_weight,
         warmup_ratio=warmup_ratio,
         max_steps=max_steps,
         max_seq_length=max_seq_length,
@@ -173,6 +182,9 @@ def finetune(
                 f"dev nDCG@10 first stage alone {b:.4f} -> with the new reranker {a:.4f} "
                 f"({a - b:+.4f}, best epoch {result.best_epoch:g})"
             )
+            if "blended" in result.after:
+                m = result.after["blended"]["nDCG@10"]
+                typer.echo(f"dev nDCG@10 with the score blend {m:.4f} ({m - b:+.4f})")
             if "configured_reranker" in result.before:
                 c = result.before["configured_reranker"]["nDCG@10"]
                 typer.echo(f"dev nDCG@10 with the configured reranker {c:.4f}")

@@ -235,6 +235,16 @@ class RerankerConfig(_Strict, _BackendMixin):
         description="Rerank cache: also cap the scores kept at this many; 0: off; null: "
         "cache_mb alone bounds it.",
     )
+    first_stage_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Score blend, off by default: 0 orders the candidates by the cross-encoder's "
+        "score alone; w > 0 by (1 - w) x its score + w x the first stage's score, each min-max "
+        "normalised over the query's candidates (results' score is the blend, rerank_score the "
+        "model's). For a small fine-tuned reranker that is weaker than the first stage alone "
+        "(docs/finetuning.md); measure it (eval, finetune) before using it.",
+    )
 
     @model_validator(mode="after")
     def _backend_fits(self) -> RerankerConfig:

@@ -160,6 +160,9 @@ class CrossEncoderReranker(BaseNodePostprocessor):
     threads: int | None = None
     cache_mb: float = Field(default=16.0, ge=0, description="Rerank cache size; 0: off.")
     cache_entries: int | None = Field(default=None, ge=0, description="Cap on cached scores.")
+    first_stage_weight: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Blend with the first stage's score (0: off)."
+    )
 
     _scorer: PairScorer | None = PrivateAttr(default=None)
     _stand_in: bool | None = PrivateAttr(default=None)
@@ -327,18 +330,26 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         *,
         top_n: int | None = None,
     ) -> list[RankedNode]:
-        """New nodes carrying ``scores`` (one per node), best first, cut to ``top_n``."""
+        """New nodes carrying ``scores`` (one per node), best first, cut to ``top_n``.
+
+        With ``first_stage_weight`` w > 0 they are ordered by the blend
+        ``(1 - w) * norm(score) + w * norm(retrieval score)`` (min-max over these nodes), which
+        becomes ``score``; ``rerank_score`` stays the model's.
+        """
         scores = [float(s) for s in scores]
         if len(scores) != len(nodes):
             raise ModelLoadError(f"reranker returned {len(scores)} scores for {len(nodes)} nodes")
         stand_in = self.stand_in
+        firsts = [n.retrieval_score if isinstance(n, RankedNode) else n.score for n in nodes]
+        final = scores
+        if self.first_stage_weight > 0 and not stand_in:
+            final = _blend(scores, [f or 0.0 for f in firsts], self.first_stage_weight)
         ranked = []
-        for n, s in zip(nodes, scores, strict=True):
-            retrieval = n.retrieval_score if isinstance(n, RankedNode) else n.score
+        for n, s, retrieval, f in zip(nodes, scores, firsts, final, strict=True):
             ranked.append(
                 RankedNode(
                     node=n.node,
-                    score=retrieval if stand_in else s,
+                    score=retrieval if stand_in else f,
                     retrieval_score=retrieval,
                     rerank_score=s,
                     retrieval_kind=n.retrieval_kind if isinstance(n, RankedNode) else None,
@@ -346,8 +357,8 @@ class CrossEncoderReranker(BaseNodePostprocessor):
                 )
             )
         if not stand_in:
-            # Stable sort: equal rerank scores keep their retrieval order.
-            ranked.sort(key=lambda r: -(r.rerank_score or 0.0))
+            # Stable sort: equal scores keep their retrieval order.
+            ranked.sort(key=lambda r: -(r.score or 0.0))
         return ranked[: self.top_n if top_n is None else top_n]
 
     def _postprocess_nodes(
@@ -356,6 +367,17 @@ class CrossEncoderReranker(BaseNodePostprocessor):
         if query_bundle is None:
             raise QueryError("a reranker needs the query: pass query_bundle or query_str")
         return list(self.rerank(nodes, query_bundle.query_str))
+
+
+def _blend(rerank: Sequence[float], first: Sequence[float], weight: float) -> list[float]:
+    """``(1 - weight) * minmax(rerank) + weight * minmax(first)``; a constant list counts 0."""
+
+    def norm(xs: Sequence[float]) -> list[float]:
+        lo, hi = min(xs), max(xs)
+        return [(x - lo) / (hi - lo) if hi > lo else 0.0 for x in xs]
+
+    r, f = norm(rerank), norm(first)
+    return [(1.0 - weight) * a + weight * b for a, b in zip(r, f, strict=True)]
 
 
 _scorers: dict[tuple[Any, ...], PairScorer] = {}

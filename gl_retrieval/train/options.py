@@ -83,6 +83,9 @@ class FinetuneOptions:
             negatives per positive, which balances the classes).
         random_negatives: Reranker only: negatives drawn at random from the corpus per pair
             (``bce``, ``listnet``), or in-batch ones per query (``mnrl``), besides the mined ones.
+        first_stage_weight: Reranker only: also measure dev with this score blend (the
+            ``reranker.first_stage_weight`` the pipeline would use) and select the epoch by it;
+            None: the config's value (default 0: the reranker's score alone).
         mini_batch_size: ``cached_mnrl`` only: texts per forward pass.
         eval_each_epoch: Evaluate dev after every epoch (else only before and at the end).
         save_steps: Write a resumable checkpoint every this many steps (default: each epoch).
@@ -110,6 +113,7 @@ class FinetuneOptions:
     base_model: str | None = None
     pos_weight: float | None = None
     random_negatives: int = 0
+    first_stage_weight: float | None = None
     mini_batch_size: int = 32
     eval_each_epoch: bool = True
     save_steps: int | None = None
@@ -171,6 +175,9 @@ class FinetuneOptions:
             )
         if self.pos_weight is not None and not self.pos_weight > 0:
             raise TrainingError(f"pos_weight must be > 0, but got {self.pos_weight}")
+        w = self.first_stage_weight
+        if w is not None and not 0.0 <= w < 1.0:
+            raise TrainingError(f"first_stage_weight must be within [0, 1), but got {w}")
         if self.random_negatives < 0:
             raise TrainingError(f"random_negatives must be >= 0, but got {self.random_negatives}")
         if self.stage == "embedder" and (self.base_model or self.random_negatives):

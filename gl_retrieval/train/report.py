@@ -28,10 +28,13 @@ def config_change(
     model_dir: Path,
     family: Prefixes | None = None,
     max_length: int | None = None,
+    blend: float = 0.0,
 ) -> str:
     """The YAML to paste into the config to use the new model, and what else it needs."""
     if stage == "reranker":
         cut = f"  max_length: {max_length}  # as trained and measured\n" if max_length else ""
+        if blend > 0:
+            cut += f"  first_stage_weight: {blend:g}  # the score blend it was selected with\n"
         return (
             "reranker:\n"
             f"  model: {model_dir}\n{cut}"

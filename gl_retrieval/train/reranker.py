@@ -127,6 +127,7 @@ class DevReranking:
         vectors = list(embedder.embed_queries(texts)) if stages.needs_vectors else None
         self.candidates = stages.candidates(self.request, vectors)
         self.metrics = ("nDCG@10", "MRR@10", f"Recall@{top_k}")
+        self.last_scores: list[float] = []
 
     def _with(self, reranker: Any) -> Any:
         from gl_retrieval.retrieval.flow import TwoStage
@@ -157,7 +158,15 @@ class DevReranking:
         two = self._with(reranker)
         pairs = two.pairs(self.request, self.candidates)
         scores = reranker.score_pairs(pairs, cache=False)  # the model's own scores, every time
+        self.last_scores = list(scores)
         return self._measure(two.results(self.request, self.candidates, scores))
+
+    def blended(self, reranker: Any, weight: float) -> dict[str, float]:
+        """The last :meth:`reranked` scores, ordered as ``reranker.first_stage_weight`` =
+        ``weight`` orders them in the pipeline (no model call)."""
+        blend = reranker.model_copy(update={"first_stage_weight": weight})
+        two = self._with(blend)
+        return self._measure(two.results(self.request, self.candidates, self.last_scores))
 
 
 def _random_negatives(
@@ -295,6 +304,10 @@ def train_reranker(
         opts = replace(opts, lr=RERANKER_LR["cross_encoder" if is_cross else "fresh_head"])
     device = resolve_device(rcfg.device)
     max_len = opts.max_seq_length or rcfg.max_length
+    weight = rcfg.first_stage_weight if opts.first_stage_weight is None else opts.first_stage_weight
+    kept = "blended" if weight > 0 else "reranked"  # what selects the epoch and says improved
+    if weight > 0:
+        say(f"dev also measures the score blend (first_stage_weight {weight:g}); it selects")
 
     # -- dev: the first stage's candidates, once; before training ------------------------------
     top_k = cfg.retriever.top_k
@@ -347,25 +360,29 @@ def train_reranker(
         trained = [h for h in history if h["step"] > 0 and h.get("saved")]
         if not trained:
             return -1.0, None
-        b = max(trained, key=lambda h: h["dev"]["reranked"][PRIMARY])
-        return b["dev"]["reranked"][PRIMARY], b
+        b = max(trained, key=lambda h: h["dev"][kept][PRIMARY])
+        return b["dev"][kept][PRIMARY], b
 
     def record(state: Any) -> None:
         if any(h["step"] == state.global_step for h in history):
             return
         t0 = time.perf_counter()
         was_training = model.training
-        metrics = dev.reranked(scorer_of(model))
+        rr = scorer_of(model)
+        metrics = dev.reranked(rr)
+        dev_now = {"first_stage": before["first_stage"], "reranked": metrics}
+        if weight > 0:
+            dev_now["blended"] = dev.blended(rr, weight)
         if was_training:
             model.train()
         eval_time[0] += time.perf_counter() - t0
         entry: dict[str, Any] = {
             "epoch": round(float(state.epoch or 0), 3),
             "step": state.global_step,
-            "dev": {"first_stage": before["first_stage"], "reranked": metrics},
+            "dev": dev_now,
         }
         best, _ = best_so_far()
-        if metrics[PRIMARY] > best:
+        if dev_now[kept][PRIMARY] > best:
             tmp = out / f".{BEST_DIR}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(str(tmp))
@@ -420,7 +437,7 @@ def train_reranker(
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     after = best["dev"] if best else None
     first = before["first_stage"][PRIMARY]
-    new = after["reranked"][PRIMARY] if after else float("-inf")
+    new = after[kept][PRIMARY] if after else float("-inf")
     improved = new > first
     if not improved:
         notes.append(
@@ -443,7 +460,9 @@ def train_reranker(
         after=after,
         best_epoch=best["epoch"] if best else None,
         history=history,
-        config_change=config_change(cfg, stage="reranker", model_dir=model_dir, max_length=max_len),
+        config_change=config_change(
+            cfg, stage="reranker", model_dir=model_dir, max_length=max_len, blend=weight
+        ),
         notes=notes,
         train_seconds=seconds,
         eval_seconds=eval_time[0],
