@@ -547,7 +547,7 @@ def test_reranker_that_beats_nothing_says_so_and_json_is_pure(
     args += ["--max-steps", "1", "--batch-size", "4", "--dev-size", "3", "--negatives", "1"]
     args += ["--max-seq-length", "64", "--overwrite"]
     runner = CliRunner()
-    start = ["--base-model", "packaged:all-MiniLM-L6-v2", "--first-stage-weight", "0.3"]
+    start = ["--base-model", "packaged:all-MiniLM-L6-v2"]
     with pytest.MonkeyPatch.context() as mp:
         _fake_dev(mp, [0.0, -0.2])
         res = runner.invoke(app, [*args, *start, "--output", str(env["base"] / "r2"), "--json"])
@@ -565,12 +565,16 @@ def test_reranker_that_beats_nothing_says_so_and_json_is_pure(
         "prefixes": None,
         "cross_encoder": False,
     }
-    assert tj["hyperparameters"]["lr"] == 1e-4  # a fresh head: the higher default lr
+    assert tj["hyperparameters"]["lr"] == 2e-4  # a fresh head: the higher default lr
+    assert any("score blend first_stage_weight 0.5" in n for n in out["notes"])
+    assert set(out["dev_after"]) == {"first_stage", "reranked", "blended"}
     hf = AutoConfig.from_pretrained(out["model_dir"])
     assert hf.architectures == ["BertForSequenceClassification"] and hf.num_labels == 1
     with pytest.MonkeyPatch.context() as mp:
         _fake_dev(mp, [0.0, -0.2])
-        res = runner.invoke(app, [*args, "--output", str(env["base"] / "r3")])
+        res = runner.invoke(
+            app, [*args, "--first-stage-weight", "0.3", "--output", str(env["base"] / "r3")]
+        )
     assert res.exit_code == 0, res.output
     assert "change the config" not in res.stdout
     assert "Not an improvement on dev" in res.stdout

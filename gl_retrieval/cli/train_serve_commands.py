@@ -47,7 +47,7 @@ def finetune(
     epochs: Annotated[
         int | None,
         typer.Option(
-            help="Passes over the training pairs; default 3 (embedder), 2 (reranker).",
+            help="Passes over the training pairs; default 3 (embedder), 1 (reranker).",
             show_default=False,
         ),
     ] = None,
@@ -61,7 +61,7 @@ def finetune(
         float | None,
         typer.Option(
             help="Peak learning rate; default 2e-5 (the embedder, and a reranker that starts "
-            "from a trained cross-encoder), 1e-4 (a reranker with a fresh head).",
+            "from a trained cross-encoder), 2e-4 (a reranker with a fresh head).",
             show_default=False,
         ),
     ] = None,
@@ -69,15 +69,15 @@ def finetune(
         int | None,
         typer.Option(
             help="Hard negatives mined per pair with the configured retriever; default 0 for "
-            "the embedder, 4 for the reranker.",
+            "the embedder, 2 for the reranker.",
             show_default=False,
         ),
     ] = None,
     loss: Annotated[
         str | None,
         typer.Option(
-            help="Embedder: mnrl | cached_mnrl (default mnrl). Reranker: bce | mnrl | listnet "
-            "(default bce).",
+            help="Embedder: mnrl | cached_mnrl (default mnrl). Reranker: mnrl | bce | listnet "
+            "(default mnrl).",
             show_default=False,
         ),
     ] = None,
@@ -91,13 +91,19 @@ def finetune(
         ),
     ] = None,
     random_negatives: Annotated[
-        int, typer.Option(help="Reranker only: random corpus negatives per pair, besides mined.")
-    ] = 0,
+        int | None,
+        typer.Option(
+            help="Reranker only: random negatives per pair besides the mined ones (bce, listnet: "
+            "from the corpus; mnrl: in-batch); default 3.",
+            show_default=False,
+        ),
+    ] = None,
     first_stage_weight: Annotated[
         float | None,
         typer.Option(
             help="Reranker only: also measure dev with this score blend (reranker."
-            "first_stage_weight) and select the epoch by it; default the config's (0: off).",
+            "first_stage_weight) and select the epoch by it; default the config's, or 0.5 for a "
+            "fresh head (noted); 0: the reranker alone.",
             show_default=False,
         ),
     ] = None,

@@ -34,6 +34,7 @@ from typing import Any
 from gl_retrieval.config import PipelineConfig
 from gl_retrieval.errors import TrainingError
 from gl_retrieval.train.options import (
+    FRESH_HEAD_BLEND,
     RERANKER_LR,
     FinetuneOptions,
     progress_callback,
@@ -305,6 +306,13 @@ def train_reranker(
     device = resolve_device(rcfg.device)
     max_len = opts.max_seq_length or rcfg.max_length
     weight = rcfg.first_stage_weight if opts.first_stage_weight is None else opts.first_stage_weight
+    if opts.first_stage_weight is None and weight == 0 and not is_cross:
+        weight = FRESH_HEAD_BLEND
+        notes.append(
+            f"a fresh head is measured and selected with the score blend first_stage_weight "
+            f"{weight:g} (alone, such a reranker stayed below the first stage on SciFact; "
+            "docs/finetuning.md); pass --first-stage-weight 0 for the reranker alone"
+        )
     kept = "blended" if weight > 0 else "reranked"  # what selects the epoch and says improved
     if weight > 0:
         say(f"dev also measures the score blend (first_stage_weight {weight:g}); it selects")
