@@ -16,6 +16,9 @@ two stages, keeping the best epoch.
    :meth:`TwoStage.pairs` / :meth:`TwoStage.results` (the one path every surface uses); the
    best epoch by reranked nDCG@10 is kept. If no epoch beats the first stage alone, the result
    says so (``improved: false``) and no config change is suggested.
+6. **Score blend**: with ``first_stage_weight`` w > 0 (the option, the config's
+   ``reranker.first_stage_weight``, or 0.5 for a fresh head, noted) each evaluation also orders
+   the same scores as the pipeline's blend does (``blended``), and that selects the epoch.
 
 Metrics: nDCG@10, MRR@10 and Recall@top_k (the candidate depth: reranking cannot change it).
 """
