@@ -375,7 +375,8 @@ def test_pull_reports_local_packaged_and_ollama_models(hf_home: Path, tmp_path: 
     cfg = write_config(tmp_path, {"embedder": {"model": MINILM}})
     r = runner.invoke(app, ["models", "pull", str(cfg)])
     assert r.exit_code == 0, r.output
-    assert r.stdout == f"embedder  {MINILM}  local, nothing to pull\n"
+    auto = "embedder: backend auto -> torch fp32 (GL_RETRIEVAL_AUTO_BACKEND=torch)\n"
+    assert r.stdout == f"embedder  {MINILM}  local, nothing to pull\n" + auto
 
     cfg = write_config(tmp_path, {"embedder": {"model": MINILM}, "reranker": {"model": "./nope"}})
     line = one_line_error(runner.invoke(app, ["models", "pull", str(cfg)]))
@@ -398,6 +399,8 @@ def test_pull_with_hf_hub_offline_refuses_what_is_not_cached(
     assert r.stdout == (
         f"embedder  {HUB_EMBEDDER}  already cached -> {snapshot} "
         "(HF_HUB_OFFLINE is set: not checked for updates)\n"
+        # backend: auto shows its choice (the suite pins auto to torch).
+        "embedder: backend auto -> torch fp32 (GL_RETRIEVAL_AUTO_BACKEND=torch)\n"
     )
 
 

@@ -131,6 +131,10 @@ def test_manifest_records_what_built_the_index(small_config: dict[str, Any]) -> 
     pipe = RetrievalPipeline.from_config(small_config)
     pipe.index()
     info = pipe.info()
+    # backend: auto (the default) records what it chose and why; the suite pins it to torch.
+    choice = info["embedder"].pop("backend_choice")
+    assert (choice["configured"], choice["backend"]) == ("auto", "torch")
+    assert choice["reason"]
     assert info["embedder"] == {
         "provider": "huggingface",
         "model": "packaged:all-MiniLM-L6-v2",

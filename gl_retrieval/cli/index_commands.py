@@ -42,7 +42,6 @@ def validate(
     available here).
     """
     from gl_retrieval.cli.checks import check_config, describe_embedder
-    from gl_retrieval.pipeline import RetrievalPipeline
 
     cfg: PipelineConfig = load_config(config)
     problems = check_config(cfg, sources=True, filters=filters)
@@ -53,7 +52,10 @@ def validate(
         kinds = {p.kind for p in errors}
         raise typer.Exit(EXIT_BAD_INPUT if kinds - {"model"} else EXIT_RUNTIME)
     if as_json:
-        # The config, plus what `backend: auto` resolves to on this machine (nothing loads).
+        # The config, plus what `backend: auto` resolves to on this machine (nothing loads;
+        # imported only now: bad input is refused without LlamaIndex).
+        from gl_retrieval.pipeline import RetrievalPipeline
+
         backends = RetrievalPipeline(cfg).backends()
         print_json({**cfg.model_dump(mode="json"), "backends": backends})
     else:
