@@ -517,7 +517,6 @@ def _load_cross_encoder(
             ce = st.CrossEncoder(
                 path,
                 device=dev,
-                max_length=max_length,
                 revision=revision,
                 trust_remote_code=False,
             )
@@ -531,6 +530,16 @@ def _load_cross_encoder(
         )
     if dev == "cuda":
         ce.model.half()
+    # One meaning of max_length on every backend (the exports cap it the same way): at most the
+    # model's own limit, its tokenizer's model_max_length. A cross-encoder fine-tuned at 128
+    # tokens keeps 128: positions past it were never trained (reranked nDCG@10 0.41 at 512
+    # against 0.64 at 128 on SciFact, docs/performance.md).
+    model_max = int(ce.max_seq_length or ce.tokenizer.model_max_length)  # loaded without a cap
+    if model_max > 100_000:  # transformers' "no limit" sentinel
+        model_max = int(getattr(ce.config, "max_position_embeddings", 512))
+    max_length = min(max_length or model_max, model_max)
+    if ce.max_seq_length != max_length:
+        ce.max_seq_length = max_length
     notice = _TruncationNotice(model, max_length)
 
     # A fast tokenizer is not safe to call from two threads at once (its truncation state is
