@@ -6,8 +6,9 @@ batches of ``embedder.batch_size`` (64). This measures what that is worth on a G
 chunk texts, through the same object (``build_embedder`` of an ``embedder`` config, so fp16 on
 CUDA, the padding-free forward where it applies, the document prefix):
 
-(serial) ``embed_documents([text])`` for each text, one call at a time (``--serial-limit`` texts:
-         one request per text is slow, and its rate is steady after a few hundred);
+(serial) ``embed_documents([text])`` for each text, one call at a time (``--serial-limit`` texts
+         spread evenly over the corpus: one request per text is slow, and its rate is steady
+         after a few hundred);
 (batch)  ``embed_documents(texts)`` with ``batch_size`` 64, then each of ``--batch-sizes``
          (the best is reported), and batch 64 with the padding-free forward off (``unpad: false``,
          sentence-transformers' own padded forward, which on CUDA uses fused attention kernels).
@@ -147,7 +148,9 @@ def main() -> None:
         "args": {k: str(v) for k, v in vars(args).items()},
     }
     texts = chunk_texts(args.dataset, args.model, args.limit)
-    serial_texts = texts[: args.serial_limit]
+    # Evenly spread over the corpus, so their lengths are those of the batches' texts.
+    step = max(1, len(texts) // max(1, args.serial_limit))
+    serial_texts = texts[::step][: args.serial_limit]
     print(f"{len(texts)} chunk texts ({len(serial_texts)} for serial)", file=sys.stderr)
 
     rows: list[dict[str, Any]] = []
