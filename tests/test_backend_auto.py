@@ -51,9 +51,9 @@ OLD = CpuInfo("Intel(R) Xeon(R) CPU E5-2670", frozenset({"avx"}))
 @pytest.mark.parametrize(
     ("cpu", "role", "expected", "tier"),
     [
-        (SAPPHIRE_RAPIDS, "reranker", ("openvino", "int8", "int8"), "amx"),
+        (SAPPHIRE_RAPIDS, "reranker", ("openvino", "auto", "bf16"), "amx"),
         (SAPPHIRE_RAPIDS, "embedder", ("openvino", "auto", "bf16"), "amx"),
-        (ZEN4, "reranker", ("openvino", "int8", "int8"), "avx512_vnni+bf16"),
+        (ZEN4, "reranker", ("openvino", "auto", "bf16"), "avx512_vnni+bf16"),
         (ZEN4, "embedder", ("openvino", "auto", "bf16"), "avx512_vnni+bf16"),
         (ICE_LAKE, "reranker", ("openvino", "int8", "int8"), "avx512_vnni"),
         (ICE_LAKE, "embedder", ("onnx", "int8", "int8"), "avx512_vnni"),

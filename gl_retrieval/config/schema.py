@@ -53,7 +53,7 @@ Quantization = Literal["auto", "none", "int8"]
 
 _BACKEND_DOC = (
     "auto: picked for this machine from a measured table (torch on a GPU; on the CPU, by its "
-    "flags: openvino int8 (reranker) or bf16 (embedder) with AMX or AVX-512 bf16, onnx int8 with "
+    "flags: openvino bf16 with AMX or AVX-512 bf16 (int8 next for the reranker), onnx int8 with "
     "AVX2 or VNNI, else torch), a quantized export used only after it matched fp32 torch on fixed "
     "inputs (reranker: Spearman >= 0.98 and max score difference <= 0.1 of the scores' spread; "
     "embedder: cosine >= 0.98), else the next choice (docs/performance.md); "
