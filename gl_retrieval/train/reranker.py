@@ -257,12 +257,6 @@ def _loss(st: Any, model: Any, opts: FinetuneOptions, dataset: Any) -> Any:
     return losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(weight)))
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def train_reranker(
     cfg: PipelineConfig,
     *,
@@ -290,6 +284,9 @@ def train_reranker(
         MODEL_DIR,
         RUN_DIR,
         FinetuneResult,
+        atomic_json,
+        best_saved,
+        keep_epoch,
         last_checkpoint,
     )
 
@@ -335,7 +332,7 @@ def train_reranker(
             # the configured reranker, as the pipeline runs it today
             before["configured_reranker"] = dev.reranked(configured)
         history = [{"epoch": 0.0, "step": 0, "dev": before}]
-        _atomic_json(history_file, history)
+        atomic_json(history_file, history)
     before = history[0]["dev"]
     eval_seconds = time.perf_counter() - t_eval
     say(f"dev before ({len(dev.qids)} queries, top {top_k}): {_fmt(before)}")
@@ -367,12 +364,8 @@ def train_reranker(
             scorer=PairScorer(predict, max_length=max_len),
         )
 
-    def best_so_far() -> tuple[float, dict[str, Any] | None]:
-        trained = [h for h in history if h["step"] > 0 and h.get("saved")]
-        if not trained:
-            return -1.0, None
-        b = max(trained, key=lambda h: h["dev"][kept][PRIMARY])
-        return b["dev"][kept][PRIMARY], b
+    def primary_of(entry: dict[str, Any]) -> float:
+        return float(entry["dev"][kept][PRIMARY])
 
     def record(state: Any) -> None:
         if any(h["step"] == state.global_step for h in history):
@@ -392,18 +385,14 @@ def train_reranker(
             "step": state.global_step,
             "dev": dev_now,
         }
-        best, _ = best_so_far()
-        if dev_now[kept][PRIMARY] > best:
-            tmp = out / f".{BEST_DIR}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(str(tmp))
-            shutil.rmtree(out / BEST_DIR, ignore_errors=True)
-            os.replace(tmp, out / BEST_DIR)
-            for h in history:
-                h["saved"] = False
-            entry["saved"] = True
-        history.append(entry)
-        _atomic_json(history_file, history)
+        keep_epoch(
+            entry,
+            history=history,
+            score=primary_of,
+            out=out,
+            save=lambda d: model.save_pretrained(str(d)),
+            history_file=history_file,
+        )
         say(
             f"dev after epoch {entry['epoch']:g} (step {entry['step']}, eval "
             f"{time.perf_counter() - t0:.0f}s): {_fmt(entry['dev'])}"
@@ -440,7 +429,7 @@ def train_reranker(
     trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
 
-    _, best = best_so_far()
+    _, best = best_saved(history, primary_of)
     model_dir = out / MODEL_DIR
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(out / BEST_DIR, model_dir)

@@ -64,6 +64,9 @@ from gl_retrieval.train.result import (
     MODEL_DIR,
     RUN_DIR,
     FinetuneResult,
+    atomic_json,
+    best_saved,
+    keep_epoch,
     last_checkpoint,
 )
 
@@ -82,12 +85,6 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     transformers.set_seed(seed)
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _check_output(out: Path, options: FinetuneOptions) -> None:
@@ -336,7 +333,7 @@ def finetune(
     _prepare_output(out, opts)
     run_dir.mkdir(exist_ok=True)
     if not opts.resume:
-        _atomic_json(run_dir / "options.json", opts.to_dict())
+        atomic_json(run_dir / "options.json", opts.to_dict())
 
     embedder = pipe.embedder
     threads = _training_threads(cfg)
@@ -371,7 +368,7 @@ def finetune(
                 f"({stats.dropped_by_margin} dropped by the margin, {stats.short} pairs short)"
             )
         _pairs_to_jsonl(pairs_file, train_data)
-        _atomic_json(run_dir / "mining.json", mining_stats)
+        atomic_json(run_dir / "mining.json", mining_stats)
 
     if opts.stage == "reranker":
         from gl_retrieval.train.reranker import train_reranker
@@ -447,7 +444,7 @@ def _train_embedder(
         qv /= np.maximum(np.linalg.norm(qv, axis=1, keepdims=True), 1e-12)
         before = dev_metrics(qv, base_vectors, dev_data, corpus, cfg.retriever)
         history = [{"epoch": 0.0, "step": 0, "dev": before}]
-        _atomic_json(history_file, history)
+        atomic_json(history_file, history)
     before = history[0]["dev"]
     say(f"dev before: {_fmt(before)}")
     primary = "hybrid" if cfg.retriever.mode == "hybrid" else "dense"
@@ -497,12 +494,8 @@ def _train_embedder(
         say(f"dev eval in {time.perf_counter() - t0:.0f}s")
         return res
 
-    def best_so_far() -> tuple[float, dict[str, Any] | None]:
-        trained = [h for h in history if h["step"] > 0 and h.get("saved")]
-        if not trained:
-            return -1.0, None
-        b = max(trained, key=lambda h: h["dev"][primary]["nDCG@10"])
-        return b["dev"][primary]["nDCG@10"], b
+    def primary_of(entry: dict[str, Any]) -> float:
+        return float(entry["dev"][primary]["nDCG@10"])
 
     def record(m: Any, state: Any) -> None:
         if any(h["step"] == state.global_step for h in history):
@@ -510,18 +503,14 @@ def _train_embedder(
         metrics = evaluate_now(m)
         entry = {"epoch": round(float(state.epoch or 0), 3), "step": state.global_step}
         entry["dev"] = metrics
-        best, _ = best_so_far()
-        if metrics[primary]["nDCG@10"] > best:
-            tmp = out / f".{BEST_DIR}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            m.save(str(tmp))
-            shutil.rmtree(out / BEST_DIR, ignore_errors=True)
-            os.replace(tmp, out / BEST_DIR)
-            for h in history:
-                h["saved"] = False
-            entry["saved"] = True
-        history.append(entry)
-        _atomic_json(history_file, history)
+        keep_epoch(
+            entry,
+            history=history,
+            score=primary_of,
+            out=out,
+            save=lambda d: m.save(str(d)),
+            history_file=history_file,
+        )
         say(f"dev after epoch {entry['epoch']:g} (step {entry['step']}): {_fmt(metrics)}")
 
     class DevSelection(TrainerCallback):
@@ -558,7 +547,7 @@ def _train_embedder(
     steps = int(trainer.state.global_step)
 
     # -- the best epoch becomes the output model ------------------------------------------------
-    _, best = best_so_far()
+    _, best = best_saved(history, primary_of)
     model_dir = out / MODEL_DIR
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(out / BEST_DIR, model_dir)
