@@ -43,7 +43,6 @@ Writes bench/results/ingest.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -132,16 +131,10 @@ print(json.dumps({"nodes": len(index.index_struct.nodes_dict), "import": t1 - t0
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model and the vector flags that matter here, as every benchmark records them."""
-    model, flags = platform.processor(), set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return {"model": model, "flags": [f for f in wanted if f in flags], "cores": os.cpu_count()}
+    """CPU model, cores and the vector flags that matter, as the library reads them."""
+    from gl_retrieval.models.backend_choice import detect_cpu
+
+    return detect_cpu().to_dict()
 
 
 def _env(root: Path = ROOT) -> dict[str, str]:

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,16 +49,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model, cores and the vector flags that matter for model speed."""
-    model, flags = platform.processor(), set()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and ":" in line:
-                flags = set(line.split(":", 1)[1].split())
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return {"model": model, "flags": [f for f in wanted if f in flags], "cores": os.cpu_count()}
+    """CPU model, cores and the vector flags that matter, as the library reads them."""
+    from gl_retrieval.models.backend_choice import detect_cpu
+
+    return detect_cpu().to_dict()
 
 
 def load() -> list[float]:

@@ -121,6 +121,12 @@ class CpuInfo:
         """The first row of :data:`TIERS` whose flags this CPU has."""
         return next(name for name, need in TIERS if need <= self.flags)
 
+    def to_dict(self) -> dict[str, Any]:
+        """What a benchmark records of the machine: the model, the :data:`REPORTED_FLAGS` it
+        has, and the cores."""
+        flags = [f for f in REPORTED_FLAGS if f in self.flags]
+        return {"model": self.model, "flags": flags, "cores": os.cpu_count()}
+
 
 #: Flags the choice and the benchmark report (the rest of /proc/cpuinfo's are not kept).
 REPORTED_FLAGS = (
