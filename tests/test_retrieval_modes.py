@@ -131,6 +131,25 @@ def test_lexical_index_masks_before_top_k() -> None:
     assert lx.top_k("the of", k=5) == []  # nothing left after stopwords
 
 
+def test_lexical_index_scores_as_bm25s_own_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LexicalIndex.build`` fills bm25s's matrix itself (``_fit_lucene``, for memory): it must
+    score every document as ``bm25s.BM25.index`` does, across blocks and with empty texts (a
+    bm25s release that changes its internals fails here)."""
+    import bm25s
+
+    from gl_retrieval.retrieval import lexical
+
+    monkeypatch.setattr(lexical, "_FIT_BLOCK", 2)  # several blocks even for a few texts
+    texts = [str(d["text"]) for d in SMALL_CORPUS] + ["", "the of and", "ranking ranking bm25"]
+    ours = LexicalIndex.build([(f"n{i}", t) for i, t in enumerate(texts)])
+    theirs = bm25s.BM25(**lexical.BM25_PARAMS)
+    theirs.index([analyze(t) for t in texts], show_progress=False)
+    for query in ("bm25 ranking", "dense vectors postgres", "term frequency", "unknownword"):
+        ids = theirs.get_tokens_ids(analyze(query))
+        expected = theirs.get_scores_from_ids(ids) if ids else np.zeros(len(texts))
+        np.testing.assert_allclose(ours.scores(query), expected, atol=1e-5)
+
+
 def test_lexical_index_round_trips_without_pickle(tmp_path: Path) -> None:
     lx = LexicalIndex.build([("a#0", "term frequency ranking"), ("b#0", "dense vectors")])
     lx.save(tmp_path)
